@@ -15,7 +15,7 @@ def _cli(*args, env=None):
 
 @pytest.mark.parametrize('args, message', [
     (['--scale', 'huge'], "scale='huge' is not valid; choose one of: smoke, tiny, h100, paper"),
-    (['--scale', 'smoke', '-p', 'toy_stepz=3'], "no notebook of the chain has a parameter 'toy_stepz'; valid: beta, diffusion_steps"),
+    (['--scale', 'smoke', '-p', 'toy_stepz=3'], "no notebook of the chain has a parameter 'toy_stepz'; valid: beta, "),
     (['--scale', 'smoke', '-p', '01_dpo.nope=3'], "01_dpo: unknown parameter 'nope'; valid parameters: seed, beta"),
     (['--scale', 'smoke', '--set', 'lr=fast'], "lr='fast' must be a number"),
     (['--scale', 'smoke', '--set', 'gpus=8'], "--set setting='gpus' is not valid; choose one of: device"),
@@ -62,7 +62,7 @@ def test_smoke_chain_end_to_end(tmp_path):
     r = _cli('--scale', 'smoke', '--no-progress', env={'MAGICID_REPORTS_DIR': str(tmp_path)})
     assert r.returncode == 0, r.stdout + r.stderr
     out = tmp_path/'smoke'
-    for name in ('dpo_optimal_policy.png', 'dpo_bradley_terry.png', 'dpo_jensen_gap.png', 'dpo_kl_is_eps_error.png',
+    for name in ('world_actions.png', 'world_flow_check.md', 'dpo_optimal_policy.png', 'dpo_bradley_terry.png', 'dpo_jensen_gap.png', 'dpo_kl_is_eps_error.png',
                  'dpo_sign_conventions.png', 'dpo_toy_experiment.png', 'dpo_checks.md', 'dpo_toy_experiment.md'):
         assert (out/name).stat().st_size > 0, name
     summary = json.loads((tmp_path/'runs'/'smoke'/'summary.json').read_text())
