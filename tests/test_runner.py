@@ -15,7 +15,7 @@ def _cli(*args, env=None):
 
 @pytest.mark.parametrize('args, message', [
     (['--scale', 'huge'], "scale='huge' is not valid; choose one of: smoke, tiny, h100, paper"),
-    (['--scale', 'smoke', '-p', 'toy_stepz=3'], "no notebook of the chain has a parameter 'toy_stepz'; valid: beta, "),
+    (['--scale', 'smoke', '-p', 'toy_stepz=3'], "no notebook of the chain has a parameter 'toy_stepz'; valid: "),
     (['--scale', 'smoke', '-p', '01_dpo.nope=3'], "01_dpo: unknown parameter 'nope'; valid parameters: seed, beta"),
     (['--scale', 'smoke', '--set', 'lr=fast'], "lr='fast' must be a number"),
     (['--scale', 'smoke', '--set', 'gpus=8'], "--set setting='gpus' is not valid; choose one of: device"),
