@@ -424,26 +424,31 @@ def render_dataset(n: int, seed: int = 0, frames: int = 8, size: int = 32, split
         specs.append(sp); caps.append(world.caption(sp, int(rng.integers(len(world.TEMPLATES)))))
     return vids, specs, caps
 
-def _save_state(opt, step, log, folder):
-    with atomic_path(Path(folder)/'state.pt') as tmp: torch.save(dict(optimizer=opt.state_dict(), step=step, log=log), tmp)
+def _save_state(opt, step, log, folder, ema=None):
+    with atomic_path(Path(folder)/'state.pt') as tmp: torch.save(dict(optimizer=opt.state_dict(), step=step, log=log, ema=ema), tmp)
 
 def pretrain(pipe: T2VPipeline, videos: np.ndarray, captions: Sequence[str], steps: int, batch_size: int = 16, lr: float = 3e-4,
              ckpt_dir=None, save_every: int = 200, caption_dropout: float = 0.1, seed: int = 0, warmup: int = 100,
-             progress: bool = True, callback=None) -> list[dict]:
+             progress: bool = True, callback=None, ema_decay: float = 0.0) -> list[dict]:
     "Train transformer and text encoder with the plain diffusion loss; resumable from `ckpt_dir`. Returns the loss log."
     from tqdm.auto import tqdm
     if len(videos) != len(captions): raise ValueError(f"videos ({len(videos)}) and captions ({len(captions)}) differ in number")
+    if not 0 <= ema_decay < 1: raise ValueError(f"ema_decay={ema_decay} must be in [0, 1) (0: no EMA)")
     params = [p for m in (pipe.transformer, pipe.text_encoder) for p in m.parameters()]
     for p in params: p.requires_grad_(True)
     pipe._text_cache.clear()                                         # the text encoder trains: no cached embeddings
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1)/warmup)*0.5*(1 + math.cos(math.pi*min(s, steps)/steps)))
     start, log = 0, []
+    ema = [p.detach().clone() for p in params] if ema_decay else None
     if ckpt_dir and (Path(ckpt_dir)/'state.pt').exists() and (Path(ckpt_dir)/'model').exists():
         saved = load_backbone(Path(ckpt_dir)/'model')
         pipe.transformer.load_state_dict(saved.transformer.state_dict()); pipe.text_encoder.load_state_dict(saved.text_encoder.state_dict())
         st = torch.load(Path(ckpt_dir)/'state.pt', weights_only=True)
         opt.load_state_dict(st['optimizer']); start, log = st['step'], st['log']
+        if ema is not None:
+            if st.get('ema') is None: raise ValueError(f"{ckpt_dir}: the checkpoint has no EMA weights; resume with ema_decay=0 or use a new ckpt_dir")
+            ema = list(st['ema'])
         for _ in range(start): sched.step()
     pipe.transformer.train(); pipe.text_encoder.train()
     bar = tqdm(range(start, steps), desc='pretraining', disable=not progress, initial=start, total=steps)
@@ -455,11 +460,18 @@ def pretrain(pipe: T2VPipeline, videos: np.ndarray, captions: Sequence[str], ste
         if not torch.isfinite(loss): raise FloatingPointError(f"pretraining: loss is {loss.item()} at step {step}; last good checkpoint in {ckpt_dir}")
         opt.zero_grad(set_to_none=True); loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step(); sched.step()
+        if ema is not None:                                          # θ_ema ← d·θ_ema + (1−d)·θ, d warmed up as (1+s)/(10+s)
+            d = min(ema_decay, (1 + step)/(10 + step))
+            with torch.no_grad():
+                for e, p in zip(ema, params): e.lerp_(p.detach(), 1 - d)
         log.append(dict(step=step + 1, loss=loss.item(), lr=sched.get_last_lr()[0]))
         bar.set_postfix(loss=f'{np.mean([l["loss"] for l in log[-50:]]):.4f}')
         if ckpt_dir and ((step + 1) % save_every == 0 or step + 1 == steps):
-            save_backbone(pipe, Path(ckpt_dir)/'model'); _save_state(opt, step + 1, log, ckpt_dir)
+            save_backbone(pipe, Path(ckpt_dir)/'model'); _save_state(opt, step + 1, log, ckpt_dir, ema)
         if callback: callback(step + 1, log[-1])
+    if ema is not None:                                              # the returned model carries the EMA weights
+        with torch.no_grad():
+            for e, p in zip(ema, params): p.copy_(e)
     pipe.transformer.eval(); pipe.text_encoder.eval()
     return log
 
