@@ -20,7 +20,7 @@ __all__ = ['RARE_TOKENS', 'LORA_TARGETS', 'LORA_FILE', 'BackboneConfig', 'world_
            'render_dataset', 'pretrain', 'prompt_following', 'frame_consistency', 'video_identity_embeddings',
            'mean_offdiag_similarity']
 
-# %% ../nbs/10_backbone.ipynb #4dc41b47
+# %% ../nbs/10_backbone.ipynb #21ec879a
 @dataclass
 class BackboneConfig:
     "Shape of the tiny backbone and its training objective."
@@ -36,9 +36,13 @@ class BackboneConfig:
     max_text_len: int = 24           # tokens per prompt (padded)
     prediction: str = 'flow'         # 'flow' (velocity, rectified flow) or 'eps' (noise, DDPM/DDIM)
     shift: float = 3.0               # timestep shift of the flow scheduler (Wan/SD3 style)
+    output: str = 'velocity'         # flow: the network outputs the velocity, or 'x0' (v = (x_t − x̂0)/t, JiT)
+    t_logit_mean: float = 0.0        # flow training times t = sigmoid(m + n), n ~ N(0, 1); m > 0 favours noise
 
     def __post_init__(self):
         check_choice('prediction', self.prediction, ['flow', 'eps'])
+        check_choice('output', self.output, ['velocity', 'x0'])
+        if self.output == 'x0' and self.prediction != 'flow': raise ValueError("output='x0' needs prediction='flow'")
         for k in ('frames', 'size', 'heads', 'head_dim', 'layers', 'ffn_dim', 'text_dim', 'text_layers', 'max_text_len'):
             if not (isinstance(getattr(self, k), int) and getattr(self, k) > 0): raise ValueError(f"BackboneConfig.{k}={getattr(self, k)!r} must be an int > 0")
         self.patch = tuple(self.patch)
@@ -80,7 +84,7 @@ def tokenize(tokenizer, prompts: Sequence[str], max_len: int, strict: bool = Tru
                                  f"(see data/prompts/) and the rare tokens {RARE_TOKENS}")
     return enc
 
-# %% ../nbs/10_backbone.ipynb #3c78f425
+# %% ../nbs/10_backbone.ipynb #842cf5e4
 def videos_to_tensor(videos: np.ndarray) -> torch.Tensor:
     "uint8 (N, F, H, W, 3) → float (N, 3, F, H, W) in [−1, 1]."
     v = np.asarray(videos)
@@ -94,10 +98,13 @@ def tensor_to_videos(x: torch.Tensor) -> np.ndarray:
 class T2VPipeline:
     "Text-to-video diffusion: transformer + text encoder + tokenizer + scheduler (+ optional VAE)."
     def __init__(self, transformer, text_encoder, tokenizer, scheduler, vae=None, prediction: str = 'flow', max_text_len: int = 24,
-                 strict_tokens: bool = True):
+                 strict_tokens: bool = True, output: str = 'velocity', t_logit_mean: float = 0.0):
         check_choice('prediction', prediction, ['flow', 'eps'])
+        check_choice('output', output, ['velocity', 'x0'])
+        if output == 'x0' and prediction != 'flow': raise ValueError("output='x0' needs prediction='flow'")
         self.transformer, self.text_encoder, self.tokenizer, self.scheduler, self.vae = transformer, text_encoder, tokenizer, scheduler, vae
         self.prediction, self.max_text_len, self.strict_tokens = prediction, max_text_len, strict_tokens
+        self.output, self.t_logit_mean = output, t_logit_mean
         self._text_cache, self.offload = {}, False
         if vae is not None: vae.requires_grad_(False)               # the VAE is frozen: never trained, no graph through it
 
@@ -169,8 +176,8 @@ class T2VPipeline:
 
     # --- training targets ---
     def sample_t(self, n: int, generator=None) -> torch.Tensor:
-        "Training times: t ∈ (0, 1) logit-normal (flow), or integer steps 0..999 (eps)."
-        if self.prediction == 'flow': return torch.sigmoid(torch.randn(n, generator=generator)).to(self.device)
+        "Training times: t ∈ (0, 1) logit-normal with location `t_logit_mean` (flow), or integer steps 0..999 (eps)."
+        if self.prediction == 'flow': return torch.sigmoid(self.t_logit_mean + torch.randn(n, generator=generator)).to(self.device)
         return torch.randint(0, 1000, (n,), generator=generator).to(self.device)
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor):
@@ -190,7 +197,13 @@ class T2VPipeline:
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         "The transformer's prediction (velocity or noise) at x_t, time t, text embedding emb."
         timestep = t*1000 if self.prediction == 'flow' else t
-        return self.transformer(x_t.to(self.dtype), timestep=timestep, encoder_hidden_states=emb.to(self.dtype)).sample
+        out = self.transformer(x_t.to(self.dtype), timestep=timestep, encoder_hidden_states=emb.to(self.dtype)).sample
+        return self._x0_to_velocity(out, x_t, t) if self.output == 'x0' else out
+
+    def _x0_to_velocity(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        "Velocity from a predicted clean sample: v = (x_t − x̂0)/max(t, 0.05)."
+        s = t.view(-1, *[1]*(x_t.ndim - 1)).clamp_min(0.05).to(x_t.dtype)
+        return (x_t - x0)/s                                            # v = (x_t − x̂0)/t, since x_t = (1−t)x0 + tε
 
     def training_loss(self, videos: np.ndarray | torch.Tensor, prompts: Sequence[str], generator=None) -> torch.Tensor:
         "The plain diffusion loss ‖target − prediction‖² (mean) on a batch of videos and their prompts."
@@ -248,6 +261,7 @@ class T2VPipeline:
                     pred = pu + cfg_scale*(pc - pu)                    # classifier-free guidance
                 else:
                     pred = self.transformer(x, timestep=tt, encoder_hidden_states=cond.to(self.dtype)).sample
+                if self.output == 'x0': pred = self._x0_to_velocity(pred, x, tt/1000)     # guidance is affine: same on x̂0 or v
                 if eta:                                                # x̂0 = x − σv, ε̂ = x + (1−σ)v; x' = (1−σ')x̂0 + σ'(√(1−η²)ε̂ + ηz)
                     sg, sn = sch.sigmas[k].item(), sch.sigmas[k + 1].item()
                     z = torch.stack([torch.randn(shape[1:], generator=g) for g in gens]).to(x)
@@ -273,7 +287,7 @@ class T2VPipeline:
 
     default_frames, default_size = 8, 32
 
-# %% ../nbs/10_backbone.ipynb #0ecdb486
+# %% ../nbs/10_backbone.ipynb #42453d8b
 def make_scheduler(prediction: str, shift: float = 3.0):
     "The default sampler: Euler on the rectified flow, or DDIM for ε-prediction (Supp A samples with DDIM)."
     from diffusers import FlowMatchEulerDiscreteScheduler, DDIMScheduler
@@ -294,7 +308,8 @@ def build_tiny(cfg: BackboneConfig | None = None, seed: int = 0) -> T2VPipeline:
     tr = WanTransformer3DModel(patch_size=cfg.patch, num_attention_heads=cfg.heads, attention_head_dim=cfg.head_dim, in_channels=3,
                                out_channels=3, text_dim=cfg.text_dim, freq_dim=64, ffn_dim=cfg.ffn_dim, num_layers=cfg.layers,
                                rope_max_seq_len=64)
-    pipe = T2VPipeline(tr, te, tok, make_scheduler(cfg.prediction, cfg.shift), None, cfg.prediction, cfg.max_text_len)
+    pipe = T2VPipeline(tr, te, tok, make_scheduler(cfg.prediction, cfg.shift), None, cfg.prediction, cfg.max_text_len,
+                       output=cfg.output, t_logit_mean=cfg.t_logit_mean)
     pipe.default_frames, pipe.default_size, pipe.config = cfg.frames, cfg.size, cfg
     return pipe
 
@@ -308,7 +323,8 @@ def save_backbone(pipe: T2VPipeline, folder) -> Path:
     if pipe.vae is not None: pipe.vae.save_pretrained(tmp/'vae')
     cfg = getattr(pipe, 'config', None)
     kind = 'magicid-tiny' if pipe.vae is None and cfg is not None else 'diffusers-wan'
-    (tmp/'magicid_backbone.json').write_text(json.dumps(dict(kind=kind, prediction=pipe.prediction, max_text_len=pipe.max_text_len,
+    (tmp/'magicid_backbone.json').write_text(json.dumps(dict(kind=kind, prediction=pipe.prediction, output=pipe.output,
+        t_logit_mean=pipe.t_logit_mean, max_text_len=pipe.max_text_len,
         strict_tokens=pipe.strict_tokens, frames=pipe.default_frames, size=pipe.default_size, config=asdict(cfg) if cfg else None), indent=1))
     if folder.exists(): shutil.rmtree(folder)
     os.replace(tmp, folder)
@@ -345,7 +361,8 @@ def load_backbone(folder, dtype: torch.dtype | None = None, device: str = 'cpu',
         vae = AutoencoderKLWan.from_pretrained(folder/'vae', torch_dtype=torch.float32)
     pred = prediction or meta.get('prediction', 'flow')
     pipe = T2VPipeline(tr, te, tok, sch, vae, pred, meta.get('max_text_len', 512),
-                       strict_tokens=meta.get('strict_tokens', meta.get('kind') == 'magicid-tiny'))
+                       strict_tokens=meta.get('strict_tokens', meta.get('kind') == 'magicid-tiny'),
+                       output=meta.get('output', 'velocity'), t_logit_mean=meta.get('t_logit_mean', 0.0))
     pipe.default_frames, pipe.default_size = meta.get('frames', 33 if vae else 8), meta.get('size', 480 if vae else 32)
     if meta.get('config'): pipe.config = BackboneConfig(**meta['config'])
     if gradient_checkpointing: pipe.enable_gradient_checkpointing()
