@@ -21,6 +21,12 @@ __all__ = ['RARE_TOKENS', 'LORA_TARGETS', 'LORA_FILE', 'BackboneConfig', 'world_
            'mean_offdiag_similarity']
 
 # %% ../nbs/10_backbone.ipynb #21ec879a
+def _check_objective(prediction: str, output: str):
+    "Validate the training objective: `prediction` flow|eps, `output` velocity|x0 (x0 only with flow)."
+    check_choice('prediction', prediction, ['flow', 'eps'])
+    check_choice('output', output, ['velocity', 'x0'])
+    if output == 'x0' and prediction != 'flow': raise ValueError("output='x0' needs prediction='flow'")
+
 @dataclass
 class BackboneConfig:
     "Shape of the tiny backbone and its training objective."
@@ -40,9 +46,7 @@ class BackboneConfig:
     t_logit_mean: float = 0.0        # flow training times t = sigmoid(m + n), n ~ N(0, 1); m > 0 favours noise
 
     def __post_init__(self):
-        check_choice('prediction', self.prediction, ['flow', 'eps'])
-        check_choice('output', self.output, ['velocity', 'x0'])
-        if self.output == 'x0' and self.prediction != 'flow': raise ValueError("output='x0' needs prediction='flow'")
+        _check_objective(self.prediction, self.output)
         for k in ('frames', 'size', 'heads', 'head_dim', 'layers', 'ffn_dim', 'text_dim', 'text_layers', 'max_text_len'):
             if not (isinstance(getattr(self, k), int) and getattr(self, k) > 0): raise ValueError(f"BackboneConfig.{k}={getattr(self, k)!r} must be an int > 0")
         self.patch = tuple(self.patch)
@@ -99,9 +103,7 @@ class T2VPipeline:
     "Text-to-video diffusion: transformer + text encoder + tokenizer + scheduler (+ optional VAE)."
     def __init__(self, transformer, text_encoder, tokenizer, scheduler, vae=None, prediction: str = 'flow', max_text_len: int = 24,
                  strict_tokens: bool = True, output: str = 'velocity', t_logit_mean: float = 0.0):
-        check_choice('prediction', prediction, ['flow', 'eps'])
-        check_choice('output', output, ['velocity', 'x0'])
-        if output == 'x0' and prediction != 'flow': raise ValueError("output='x0' needs prediction='flow'")
+        _check_objective(prediction, output)
         self.transformer, self.text_encoder, self.tokenizer, self.scheduler, self.vae = transformer, text_encoder, tokenizer, scheduler, vae
         self.prediction, self.max_text_len, self.strict_tokens = prediction, max_text_len, strict_tokens
         self.output, self.t_logit_mean = output, t_logit_mean
@@ -198,12 +200,9 @@ class T2VPipeline:
         "The transformer's prediction (velocity or noise) at x_t, time t, text embedding emb."
         timestep = t*1000 if self.prediction == 'flow' else t
         out = self.transformer(x_t.to(self.dtype), timestep=timestep, encoder_hidden_states=emb.to(self.dtype)).sample
-        return self._x0_to_velocity(out, x_t, t) if self.output == 'x0' else out
-
-    def _x0_to_velocity(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        "Velocity from a predicted clean sample: v = (x_t − x̂0)/max(t, 0.05)."
-        s = t.view(-1, *[1]*(x_t.ndim - 1)).clamp_min(0.05).to(x_t.dtype)
-        return (x_t - x0)/s                                            # v = (x_t − x̂0)/t, since x_t = (1−t)x0 + tε
+        if self.output == 'x0':                                       # v = (x_t − x̂0)/max(t, 0.05), since x_t = (1−t)x0 + tε
+            out = (x_t - out)/t.view(-1, *[1]*(x_t.ndim - 1)).clamp_min(0.05).to(x_t.dtype)
+        return out
 
     def training_loss(self, videos: np.ndarray | torch.Tensor, prompts: Sequence[str], generator=None) -> torch.Tensor:
         "The plain diffusion loss ‖target − prediction‖² (mean) on a batch of videos and their prompts."
@@ -253,15 +252,13 @@ class T2VPipeline:
             x = torch.stack([torch.randn(shape[1:], generator=g) for g in gens]).to(self.device, self.dtype)
             sch = self.scheduler_for(steps)
             for k, t in enumerate(sch.timesteps):
-                tt = t.expand(len(ps)).to(self.device)
+                tp = t.expand(len(ps)).to(self.device)
+                if self.prediction == 'flow': tp = tp/1000             # predict's time: σ ∈ (0, 1) for flow, the step for eps
                 if cfg_scale != 1.0:
-                    pred = self.transformer(torch.cat([x, x]), timestep=torch.cat([tt, tt]),
-                                            encoder_hidden_states=torch.cat([cond, uncond.expand(len(ps), -1, -1)]).to(self.dtype)).sample
-                    pc, pu = pred.chunk(2)
+                    pc, pu = self.predict(torch.cat([x, x]), torch.cat([tp, tp]), torch.cat([cond, uncond.expand(len(ps), -1, -1)])).chunk(2)
                     pred = pu + cfg_scale*(pc - pu)                    # classifier-free guidance
                 else:
-                    pred = self.transformer(x, timestep=tt, encoder_hidden_states=cond.to(self.dtype)).sample
-                if self.output == 'x0': pred = self._x0_to_velocity(pred, x, tt/1000)     # guidance is affine: same on x̂0 or v
+                    pred = self.predict(x, tp, cond)
                 if eta:                                                # x̂0 = x − σv, ε̂ = x + (1−σ)v; x' = (1−σ')x̂0 + σ'(√(1−η²)ε̂ + ηz)
                     sg, sn = sch.sigmas[k].item(), sch.sigmas[k + 1].item()
                     z = torch.stack([torch.randn(shape[1:], generator=g) for g in gens]).to(x)
