@@ -54,7 +54,7 @@ class CustomizeConfig:
     hpo_rank: int = 8
     schedule: str = 'two_stage'
     stage1_fraction: float = 0.5
-    resample_vt: bool = False
+    resample_vt: bool = True          # stage 2: V_t sampled again from the model after stage 1 (Sec 1)
     save_every: int = 100
     # output
     n_samples: int = 4
@@ -182,10 +182,13 @@ def customize(refs, out, cfg: CustomizeConfig, prompts: Sequence[str] | None = N
         if cfg.resample_vt:                                   # V_t again, from the model after stage 1
             rows2 = repository.build_repository(pipe, refs, prompts, out/'repository_stage2',
                                                 repository.RepositoryConfig(**(asdict(rcfg) | dict(n_s=0, seed=cfg.seed + 1))), rewarder, progress=progress)
-            both = [r for r in rows if r['source'] == 's'] + [dict(r, path=str(Path('..')/'repository_stage2'/r['path'])) for r in rows2 if r['source'] == 't']
-            P2 = select_pairs(both + [r for r in rows if r['source'] == 'id'], cfg)
+            rows_2 = ([r for r in rows if r['source'] == 's'] + [dict(r, path=str(Path('..')/'repository_stage2'/r['path'])) for r in rows2 if r['source'] == 't']
+                      + [r for r in rows if r['source'] == 'id'])  # V_s ∪ V_t(after stage 1) ∪ V_id
+            P2 = select_pairs(rows_2, cfg)
+            atomic_write(out/'pairs_stage2.json', json.dumps(P2, indent=1, default=float))
+            core.save_table(pair_table(rows_2, P2['id'] + P2['dy']), out/'pairs_stage2.csv')
             rec['pairs']['dy_stage2'] = len(P2['dy'])
-            pall = pid + _pairs_to_training(both + [r for r in rows if r['source'] == 'id'], P2['dy'], out/'repository')
+            pall = pid + _pairs_to_training(rows_2, P2['dy'], out/'repository')
         log2 = hpo.train_hpo(pipe, pall, hpo.HPOConfig(steps=cfg.hpo_steps - n1, **hk), out/'hpo'/'stage2', progress=progress) if cfg.hpo_steps > n1 else []
         rec['hpo_log'] = log1 + [dict(r, step=r['step'] + n1) for r in log2]
     stage('hpo', t0)

@@ -36,13 +36,17 @@ def test_customize_writes_a_loadable_lora_and_a_record(backbone_dir, refs_dir, t
     assert run['versions']['torch'] and run['config']['delta'] == 0.01
     assert rec['pairs']['id'] + rec['pairs']['dy'] == len(json.loads((out/'pairs.json').read_text())['id'] + json.loads((out/'pairs.json').read_text())['dy'])
     assert len(list((out/'samples').glob('*.mp4'))) == 1
+    p2 = json.loads((out/'pairs_stage2.json').read_text())                     # resample_vt (default): stage 2's own pairs
+    assert run['config']['resample_vt'] and rec['pairs']['dy_stage2'] == len(p2['dy']) and (out/'repository_stage2'/'index.jsonl').exists()
     fresh = load_lora(load_backbone(backbone_dir), out/'lora')                  # the output LoRA on the original backbone
     a = fresh(['a sks person nods wearing a red jacket in a forest'], steps=2, seed=5, progress=False)
     b = rec['pipe'](['a sks person nods wearing a red jacket in a forest'], steps=2, seed=5, progress=False)
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1                     # = the trained policy (up to rounding)
 
-def test_a_run_killed_during_hpo_resumes_to_the_same_lora(backbone_dir, refs_dir, tmp_path, monkeypatch):
-    customize.customize(refs_dir, tmp_path/'a', _cfg(backbone_dir), progress=False, log=lambda *a: None)
+@pytest.mark.parametrize('resample_vt', [False, True])
+def test_a_run_killed_during_hpo_resumes_to_the_same_lora(backbone_dir, refs_dir, tmp_path, monkeypatch, resample_vt):
+    cfg = _cfg(backbone_dir, resample_vt=resample_vt)          # True: stage 2 also samples its own V_t
+    customize.customize(refs_dir, tmp_path/'a', cfg, progress=False, log=lambda *a: None)
     real = hpo.train_hpo
     class Killed(Exception): pass
     def killing(pipe, pairs, cfg, ckpt_dir=None, **kw):
@@ -50,10 +54,10 @@ def test_a_run_killed_during_hpo_resumes_to_the_same_lora(backbone_dir, refs_dir
             if 'stage2' in str(ckpt_dir) and step == 1: raise Killed()
         return real(pipe, pairs, cfg, ckpt_dir, **(kw | dict(callback=cb)))
     monkeypatch.setattr(hpo, 'train_hpo', killing)
-    with pytest.raises(Killed): customize.customize(refs_dir, tmp_path/'b', _cfg(backbone_dir), progress=False, log=lambda *a: None)
+    with pytest.raises(Killed): customize.customize(refs_dir, tmp_path/'b', cfg, progress=False, log=lambda *a: None)
     assert not (tmp_path/'b'/'lora').exists()
     monkeypatch.setattr(hpo, 'train_hpo', real)
-    customize.customize(refs_dir, tmp_path/'b', _cfg(backbone_dir), progress=False, log=lambda *a: None)
+    customize.customize(refs_dir, tmp_path/'b', cfg, progress=False, log=lambda *a: None)
     la, lb = load_file(tmp_path/'a'/'lora'/'pytorch_lora_weights.safetensors'), load_file(tmp_path/'b'/'lora'/'pytorch_lora_weights.safetensors')
     assert la.keys() == lb.keys() and all(np.array_equal(la[k].numpy(), lb[k].numpy()) for k in la)
 
