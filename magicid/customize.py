@@ -163,7 +163,7 @@ def customize(refs, out, cfg: CustomizeConfig, prompts: Sequence[str] | None = N
     atomic_write(out/'pairs.json', json.dumps(P, indent=1, default=float))
     from magicid.selection import pair_table
     core.save_table(pair_table(rows, P['id'] + P['dy']), out/'pairs.csv')
-    rec['pairs'] = dict(id=len(P['id']), dy=len(P['dy']))
+    rec['pairs'] = dict(id=len(P['id']), dy=len(P['dy']), dy_trained=len(P['dy']))   # dy_trained: the P_dy of stage 2's training
     stage('selection', t0)
     # 5. HPO: policy = π_ref (initial LoRA fused) + a fresh adapter; reference = adapters disabled
     t0 = time.time()
@@ -187,7 +187,7 @@ def customize(refs, out, cfg: CustomizeConfig, prompts: Sequence[str] | None = N
             P2 = select_pairs(rows_2, cfg)
             atomic_write(out/'pairs_stage2.json', json.dumps(P2, indent=1, default=float))
             core.save_table(pair_table(rows_2, P2['id'] + P2['dy']), out/'pairs_stage2.csv')
-            rec['pairs']['dy_stage2'] = len(P2['dy'])
+            rec['pairs']['dy_stage2'] = rec['pairs']['dy_trained'] = len(P2['dy'])
             pall = pid + _pairs_to_training(rows_2, P2['dy'], out/'repository')
         log2 = hpo.train_hpo(pipe, pall, hpo.HPOConfig(steps=cfg.hpo_steps - n1, **hk), out/'hpo'/'stage2', progress=progress) if cfg.hpo_steps > n1 else []
         rec['hpo_log'] = log1 + [dict(r, step=r['step'] + n1) for r in log2]

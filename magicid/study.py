@@ -73,8 +73,7 @@ def compare_settings(refs: dict, prompts: Sequence[str], variants: dict, work_di
                 videos.append(dict(identity=str(ident), variant=name, prompt=p, **{f'db_{m}': a[m] for m in METRICS},
                                    **{f'mi_{m}': b[m] for m in METRICS}))
             fin = rec['hpo_final']
-            pd = rec['pairs'].get('dy_stage2', rec['pairs']['dy'])   # resample_vt: the P_dy drawn after stage 1 is the one trained on
-            runs.append(dict(identity=str(ident), variant=name, pairs_id=rec['pairs']['id'], pairs_dy=pd,
+            runs.append(dict(identity=str(ident), variant=name, pairs_id=rec['pairs']['id'], pairs_dy=rec['pairs']['dy_trained'],
                              hpo_accuracy=fin.get('rewards/accuracies', float('nan')), hpo_margin=fin.get('rewards/margins', float('nan')),
                              seconds=rec['seconds']['total']))
             log(f"[study] {ident} / {name}: P_id {runs[-1]['pairs_id']}, P_dy {runs[-1]['pairs_dy']}, "
