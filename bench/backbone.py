@@ -5,8 +5,10 @@ and text encoder), or with only a LoRA adapter (rank 8, `add_lora`); the median 
 Sampling is one call of the pipeline (classifier-free guidance, so two transformer passes per step) per frame count.
 
 Usage: .venv/bin/python bench/backbone.py [--weights data/backbone] [--random] [--steps 10] [--warmup 2]
-           [--batches 16,2] [--lora-batch 4] [--videos 4] [--frames 8,16,24] [--sample-steps 25] [--cfg 4.5] [--threads 0]
+           [--batches 8,2] [--compile] [--lora-batch 4] [--videos 4] [--frames 8,16,24] [--sample-steps 25] [--cfg 4.5] [--threads 0]
   --random   build_tiny() with the default BackboneConfig (random weights) instead of loading --weights
+  --compile  also time the pretraining steps with the transformer under torch.compile, as `pretrain(compile=True)`
+             (the first --warmup steps include the compilation)
   threads 0: torch's default
 """
 import argparse, json, os, platform, re, resource, statistics, sys, time
@@ -50,7 +52,8 @@ def main():
     ap.add_argument('--weights', default=str(ROOT/'data'/'backbone'))
     ap.add_argument('--random', action='store_true')
     ap.add_argument('--steps', type=int, default=10); ap.add_argument('--warmup', type=int, default=2)
-    ap.add_argument('--batches', type=_ints, default=[16, 2]); ap.add_argument('--lora-batch', type=int, default=4)
+    ap.add_argument('--batches', type=_ints, default=[8, 2])
+    ap.add_argument('--compile', action='store_true'); ap.add_argument('--lora-batch', type=int, default=4)
     ap.add_argument('--lora-rank', type=int, default=8)
     ap.add_argument('--videos', type=int, default=4); ap.add_argument('--frames', type=_ints, default=[8, 16, 24])
     ap.add_argument('--sample-steps', type=int, default=25); ap.add_argument('--cfg', type=float, default=4.5)
@@ -98,6 +101,11 @@ def main():
     pipe.transformer.train(); pipe.text_encoder.train()
     out['pretrain_step_s'] = {f'batch{b}': step_time(pipe, params, videos, captions, b, a.steps, a.warmup) for b in a.batches}
     out['pretrain_params_M'] = round(sum(p.numel() for p in params)/1e6, 3)
+    if a.compile:
+        module = pipe.transformer
+        pipe.transformer = torch.compile(module)
+        out['pretrain_step_compiled_s'] = {f'batch{b}': step_time(pipe, params, videos, captions, b, a.steps, a.warmup) for b in a.batches}
+        pipe.transformer = module
 
     # LoRA steps: only the adapter trains (customization)
     lora = B.add_lora(pipe, rank=a.lora_rank)

@@ -272,11 +272,13 @@ class T2VPipeline:
 
     def latent_shape(self, n, frames, h, w):
         "Shape of the noise for n videos of `frames` × h × w."
-        ph, pw = self.transformer.config.patch_size[1:]
+        pt, ph, pw = self.transformer.config.patch_size
         sc = 1 if self.vae is None else getattr(self.vae.config, 'scale_factor_spatial', 8)
         for name, v, p in (('height', h, ph), ('width', w, pw)):
             if v % (p*sc): raise ValueError(f"{name}={v} must be a multiple of {p*sc} (patch {p}" + (f" × VAE factor {sc})" if sc > 1 else ")"))
-        if self.vae is None: return (n, 3, frames, h, w)
+        if self.vae is None:
+            if frames % pt: raise ValueError(f"num_frames={frames} must be a multiple of {pt} (the transformer's temporal patch {pt})")
+            return (n, 3, frames, h, w)
         c = self.vae.config
         tc, sc = getattr(c, 'scale_factor_temporal', 4), getattr(c, 'scale_factor_spatial', 8)
         if (frames - 1) % tc: raise ValueError(f"num_frames={frames}: with this VAE it must be {tc}k+1 (e.g. {tc*((frames - 1)//tc) + 1})")
@@ -443,9 +445,8 @@ def _save_state(opt, step, log, folder, ema=None):
 
 def pretrain(pipe: T2VPipeline, videos: np.ndarray, captions: Sequence[str], steps: int, batch_size: int = 16, lr: float = 3e-4,
              ckpt_dir=None, save_every: int = 200, caption_dropout: float = 0.1, seed: int = 0, warmup: int = 100,
-             progress: bool = True, callback=None, ema_decay: float = 0.0) -> list[dict]:
+             progress: bool = True, callback=None, ema_decay: float = 0.0, compile: bool = False) -> list[dict]:
     "Train transformer and text encoder with the plain diffusion loss; resumable from `ckpt_dir`. Returns the loss log."
-    from tqdm.auto import tqdm
     if len(videos) != len(captions): raise ValueError(f"videos ({len(videos)}) and captions ({len(captions)}) differ in number")
     if not 0 <= ema_decay < 1: raise ValueError(f"ema_decay={ema_decay} must be in [0, 1) (0: no EMA)")
     params = [p for m in (pipe.transformer, pipe.text_encoder) for p in m.parameters()]
@@ -465,6 +466,21 @@ def pretrain(pipe: T2VPipeline, videos: np.ndarray, captions: Sequence[str], ste
             ema = list(st['ema'])
         for _ in range(start): sched.step()
     pipe.transformer.train(); pipe.text_encoder.train()
+    module = pipe.transformer
+    if compile: pipe.transformer = torch.compile(module)            # same parameters, so checkpoints and the EMA see no difference
+    try: _pretrain_loop(pipe, videos, captions, steps, batch_size, start, log, opt, sched, params, ema, ema_decay, ckpt_dir, save_every,
+                        caption_dropout, seed, progress, callback)
+    finally: pipe.transformer = module
+    if ema is not None:                                              # the returned model carries the EMA weights
+        with torch.no_grad():
+            for e, p in zip(ema, params): p.copy_(e)
+    pipe.transformer.eval(); pipe.text_encoder.eval()
+    return log
+
+def _pretrain_loop(pipe, videos, captions, steps, batch_size, start, log, opt, sched, params, ema, ema_decay, ckpt_dir, save_every,
+                   caption_dropout, seed, progress, callback):
+    "The steps of `pretrain` from `start` (appends to `log`)."
+    from tqdm.auto import tqdm
     bar = tqdm(range(start, steps), desc='pretraining', disable=not progress, initial=start, total=steps)
     for step in bar:
         g = np.random.default_rng([seed, step])
@@ -483,11 +499,6 @@ def pretrain(pipe: T2VPipeline, videos: np.ndarray, captions: Sequence[str], ste
         if ckpt_dir and ((step + 1) % save_every == 0 or step + 1 == steps):
             save_backbone(pipe, Path(ckpt_dir)/'model'); _save_state(opt, step + 1, log, ckpt_dir, ema)
         if callback: callback(step + 1, log[-1])
-    if ema is not None:                                              # the returned model carries the EMA weights
-        with torch.no_grad():
-            for e, p in zip(ema, params): p.copy_(e)
-    pipe.transformer.eval(); pipe.text_encoder.eval()
-    return log
 
 # %% ../nbs/10_backbone.ipynb #f66d2992
 def prompt_following(scorer, videos: Sequence[np.ndarray], prompts: Sequence[str], template: int = 0) -> dict:
