@@ -447,6 +447,7 @@ def pretrain(pipe: T2VPipeline, videos: np.ndarray, captions: Sequence[str], ste
              ckpt_dir=None, save_every: int = 200, caption_dropout: float = 0.1, seed: int = 0, warmup: int = 100,
              progress: bool = True, callback=None, ema_decay: float = 0.0, compile: bool = False) -> list[dict]:
     "Train transformer and text encoder with the plain diffusion loss; resumable from `ckpt_dir`. Returns the loss log."
+    from tqdm.auto import tqdm
     if len(videos) != len(captions): raise ValueError(f"videos ({len(videos)}) and captions ({len(captions)}) differ in number")
     if not 0 <= ema_decay < 1: raise ValueError(f"ema_decay={ema_decay} must be in [0, 1) (0: no EMA)")
     params = [p for m in (pipe.transformer, pipe.text_encoder) for p in m.parameters()]
@@ -468,37 +469,31 @@ def pretrain(pipe: T2VPipeline, videos: np.ndarray, captions: Sequence[str], ste
     pipe.transformer.train(); pipe.text_encoder.train()
     module = pipe.transformer
     if compile: pipe.transformer = torch.compile(module)            # same parameters, so checkpoints and the EMA see no difference
-    try: _pretrain_loop(pipe, videos, captions, steps, batch_size, start, log, opt, sched, params, ema, ema_decay, ckpt_dir, save_every,
-                        caption_dropout, seed, progress, callback)
+    try:
+        bar = tqdm(range(start, steps), desc='pretraining', disable=not progress, initial=start, total=steps)
+        for step in bar:
+            g = np.random.default_rng([seed, step])
+            idx = g.choice(len(videos), batch_size, replace=len(videos) < batch_size)
+            caps = ['' if g.random() < caption_dropout else captions[i] for i in idx]
+            loss = pipe.training_loss(videos[idx], caps, generator=torch.Generator().manual_seed(int(g.integers(2**31))))
+            if not torch.isfinite(loss): raise FloatingPointError(f"pretraining: loss is {loss.item()} at step {step}; last good checkpoint in {ckpt_dir}")
+            opt.zero_grad(set_to_none=True); loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step(); sched.step()
+            if ema is not None:                                          # θ_ema ← d·θ_ema + (1−d)·θ, d warmed up as (1+s)/(10+s)
+                d = min(ema_decay, (1 + step)/(10 + step))
+                with torch.no_grad():
+                    for e, p in zip(ema, params): e.lerp_(p.detach(), 1 - d)
+            log.append(dict(step=step + 1, loss=loss.item(), lr=sched.get_last_lr()[0]))
+            bar.set_postfix(loss=f'{np.mean([l["loss"] for l in log[-50:]]):.4f}')
+            if ckpt_dir and ((step + 1) % save_every == 0 or step + 1 == steps):
+                save_backbone(pipe, Path(ckpt_dir)/'model'); _save_state(opt, step + 1, log, ckpt_dir, ema)
+            if callback: callback(step + 1, log[-1])
     finally: pipe.transformer = module
     if ema is not None:                                              # the returned model carries the EMA weights
         with torch.no_grad():
             for e, p in zip(ema, params): p.copy_(e)
     pipe.transformer.eval(); pipe.text_encoder.eval()
     return log
-
-def _pretrain_loop(pipe, videos, captions, steps, batch_size, start, log, opt, sched, params, ema, ema_decay, ckpt_dir, save_every,
-                   caption_dropout, seed, progress, callback):
-    "The steps of `pretrain` from `start` (appends to `log`)."
-    from tqdm.auto import tqdm
-    bar = tqdm(range(start, steps), desc='pretraining', disable=not progress, initial=start, total=steps)
-    for step in bar:
-        g = np.random.default_rng([seed, step])
-        idx = g.choice(len(videos), batch_size, replace=len(videos) < batch_size)
-        caps = ['' if g.random() < caption_dropout else captions[i] for i in idx]
-        loss = pipe.training_loss(videos[idx], caps, generator=torch.Generator().manual_seed(int(g.integers(2**31))))
-        if not torch.isfinite(loss): raise FloatingPointError(f"pretraining: loss is {loss.item()} at step {step}; last good checkpoint in {ckpt_dir}")
-        opt.zero_grad(set_to_none=True); loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step(); sched.step()
-        if ema is not None:                                          # θ_ema ← d·θ_ema + (1−d)·θ, d warmed up as (1+s)/(10+s)
-            d = min(ema_decay, (1 + step)/(10 + step))
-            with torch.no_grad():
-                for e, p in zip(ema, params): e.lerp_(p.detach(), 1 - d)
-        log.append(dict(step=step + 1, loss=loss.item(), lr=sched.get_last_lr()[0]))
-        bar.set_postfix(loss=f'{np.mean([l["loss"] for l in log[-50:]]):.4f}')
-        if ckpt_dir and ((step + 1) % save_every == 0 or step + 1 == steps):
-            save_backbone(pipe, Path(ckpt_dir)/'model'); _save_state(opt, step + 1, log, ckpt_dir, ema)
-        if callback: callback(step + 1, log[-1])
 
 # %% ../nbs/10_backbone.ipynb #f66d2992
 def prompt_following(scorer, videos: Sequence[np.ndarray], prompts: Sequence[str], template: int = 0) -> dict:
