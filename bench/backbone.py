@@ -102,10 +102,8 @@ def main():
     out['pretrain_step_s'] = {f'batch{b}': step_time(pipe, params, videos, captions, b, a.steps, a.warmup) for b in a.batches}
     out['pretrain_params_M'] = round(sum(p.numel() for p in params)/1e6, 3)
     if a.compile:
-        module = pipe.transformer
-        pipe.transformer = torch.compile(module)
-        out['pretrain_step_compiled_s'] = {f'batch{b}': step_time(pipe, params, videos, captions, b, a.steps, a.warmup) for b in a.batches}
-        pipe.transformer = module
+        with B.compiled(pipe):
+            out['pretrain_step_compiled_s'] = {f'batch{b}': step_time(pipe, params, videos, captions, b, a.steps, a.warmup) for b in a.batches}
 
     # LoRA steps: only the adapter trains (customization)
     lora = B.add_lora(pipe, rank=a.lora_rank)

@@ -17,8 +17,8 @@ from .core import check_choice, atomic_path, atomic_write
 __all__ = ['RARE_TOKENS', 'LORA_TARGETS', 'LORA_FILE', 'BackboneConfig', 'world_vocabulary', 'build_tokenizer', 'tokenize',
            'videos_to_tensor', 'tensor_to_videos', 'T2VPipeline', 'make_scheduler', 'build_tiny', 'save_backbone',
            'load_backbone', 'load_scale_backbone', 'add_lora', 'lora_disabled', 'save_lora', 'load_lora',
-           'render_dataset', 'pretrain', 'prompt_following', 'frame_consistency', 'video_identity_embeddings',
-           'mean_offdiag_similarity']
+           'render_dataset', 'compiled', 'pretrain', 'prompt_following', 'frame_consistency',
+           'video_identity_embeddings', 'mean_offdiag_similarity']
 
 # %% ../nbs/10_backbone.ipynb #21ec879a
 def _check_objective(prediction: str, output: str):
@@ -440,6 +440,15 @@ def render_dataset(n: int, seed: int = 0, frames: int = 8, size: int = 32, split
         specs.append(sp); caps.append(world.caption(sp, int(rng.integers(len(world.TEMPLATES)))))
     return vids, specs, caps
 
+class compiled:
+    "Within the block, `pipe.transformer` runs through `torch.compile` (same parameters; the plain module is restored after)."
+    def __init__(self, pipe, on: bool = True): self.pipe, self.on = pipe, on
+    def __enter__(self):
+        self.module = self.pipe.transformer
+        if self.on: self.pipe.transformer = torch.compile(self.module)
+        return self.pipe
+    def __exit__(self, *exc): self.pipe.transformer = self.module
+
 def _save_state(opt, step, log, folder, ema=None):
     with atomic_path(Path(folder)/'state.pt') as tmp: torch.save(dict(optimizer=opt.state_dict(), step=step, log=log, ema=ema), tmp)
 
@@ -467,9 +476,7 @@ def pretrain(pipe: T2VPipeline, videos: np.ndarray, captions: Sequence[str], ste
             ema = list(st['ema'])
         for _ in range(start): sched.step()
     pipe.transformer.train(); pipe.text_encoder.train()
-    module = pipe.transformer
-    if compile: pipe.transformer = torch.compile(module)            # same parameters, so checkpoints and the EMA see no difference
-    try:
+    with compiled(pipe, compile):                                   # same parameters, so checkpoints and the EMA see no difference
         bar = tqdm(range(start, steps), desc='pretraining', disable=not progress, initial=start, total=steps)
         for step in bar:
             g = np.random.default_rng([seed, step])
@@ -488,7 +495,6 @@ def pretrain(pipe: T2VPipeline, videos: np.ndarray, captions: Sequence[str], ste
             if ckpt_dir and ((step + 1) % save_every == 0 or step + 1 == steps):
                 save_backbone(pipe, Path(ckpt_dir)/'model'); _save_state(opt, step + 1, log, ckpt_dir, ema)
             if callback: callback(step + 1, log[-1])
-    finally: pipe.transformer = module
     if ema is not None:                                              # the returned model carries the EMA weights
         with torch.no_grad():
             for e, p in zip(ema, params): p.copy_(e)

@@ -313,7 +313,7 @@ def test_frames_not_divisible_by_the_temporal_patch_are_named():
 
 
 def test_compiled_pretraining_is_the_eager_run(tmp_path):
-    "`pretrain(compile=True)` (the shipped recipe) trains the same weights as eager and checkpoints the plain module."
+    "`pretrain(compile=True)` (tiny.yaml's retrain) trains the same weights as eager and checkpoints the plain module."
     cfg = B.BackboneConfig(patch=(2, 4, 4), **SMALL)
     v, _, c = B.render_dataset(8, 0, progress=False)
     runs = {}
