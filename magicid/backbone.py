@@ -27,6 +27,11 @@ def _check_objective(prediction: str, output: str):
     check_choice('output', output, ['velocity', 'x0'])
     if output == 'x0' and prediction != 'flow': raise ValueError("output='x0' needs prediction='flow'")
 
+def _check_noise_mix(noise_mix):
+    "Validate α of the mixed noise prior: a number >= 0."
+    if isinstance(noise_mix, bool) or not isinstance(noise_mix, (int, float)) or not noise_mix >= 0:
+        raise ValueError(f"noise_mix={noise_mix!r} must be a number >= 0 (0: independent noise per frame; PYoCo uses 1)")
+
 @dataclass
 class BackboneConfig:
     "Shape of the tiny backbone and its training objective."
@@ -44,12 +49,14 @@ class BackboneConfig:
     shift: float = 3.0               # timestep shift of the flow scheduler (Wan/SD3 style)
     output: str = 'velocity'         # flow: the network outputs the velocity, or 'x0' (v = (x_t − x̂0)/t, JiT)
     t_logit_mean: float = 0.0        # flow training times t = sigmoid(m + n), n ~ N(0, 1); m > 0 favours noise
+    noise_mix: float = 0.0           # α of the mixed noise prior (PYoCo): frames share α²/(1+α²) of the noise variance
 
     def __post_init__(self):
         _check_objective(self.prediction, self.output)
         for k in ('frames', 'size', 'heads', 'head_dim', 'layers', 'ffn_dim', 'text_dim', 'text_layers', 'max_text_len'):
             if not (isinstance(getattr(self, k), int) and getattr(self, k) > 0): raise ValueError(f"BackboneConfig.{k}={getattr(self, k)!r} must be an int > 0")
         self.patch = tuple(self.patch)
+        _check_noise_mix(self.noise_mix)
         if self.size % self.patch[1] or self.size % self.patch[2]: raise ValueError(f"size={self.size} must be divisible by the patch {self.patch}")
 
 # %% ../nbs/10_backbone.ipynb #b0a03288
@@ -102,11 +109,12 @@ def tensor_to_videos(x: torch.Tensor) -> np.ndarray:
 class T2VPipeline:
     "Text-to-video diffusion: transformer + text encoder + tokenizer + scheduler (+ optional VAE)."
     def __init__(self, transformer, text_encoder, tokenizer, scheduler, vae=None, prediction: str = 'flow', max_text_len: int = 24,
-                 strict_tokens: bool = True, output: str = 'velocity', t_logit_mean: float = 0.0):
-        _check_objective(prediction, output)
+                 strict_tokens: bool = True, output: str = 'velocity', t_logit_mean: float = 0.0,
+                 noise_mix: float = 0.0):
+        _check_objective(prediction, output); _check_noise_mix(noise_mix)
         self.transformer, self.text_encoder, self.tokenizer, self.scheduler, self.vae = transformer, text_encoder, tokenizer, scheduler, vae
         self.prediction, self.max_text_len, self.strict_tokens = prediction, max_text_len, strict_tokens
-        self.output, self.t_logit_mean = output, t_logit_mean
+        self.output, self.t_logit_mean, self.noise_mix = output, t_logit_mean, float(noise_mix)
         self._text_cache, self.offload = {}, False
         if vae is not None: vae.requires_grad_(False)               # the VAE is frozen: never trained, no graph through it
 
@@ -182,6 +190,14 @@ class T2VPipeline:
         if self.prediction == 'flow': return torch.sigmoid(self.t_logit_mean + torch.randn(n, generator=generator)).to(self.device)
         return torch.randint(0, 1000, (n,), generator=generator).to(self.device)
 
+    def noise(self, shape, generator=None) -> torch.Tensor:
+        "Gaussian noise of `shape` (…, C, F, H, W), float32 on the CPU; with `noise_mix` α > 0 the frames share a component."
+        e = torch.randn(shape, generator=generator)
+        if not self.noise_mix: return e                              # independent per frame: exactly torch.randn
+        a2 = self.noise_mix**2
+        shared = torch.randn((*shape[:-3], 1, *shape[-2:]), generator=generator)
+        return (a2/(1 + a2))**0.5*shared + (1/(1 + a2))**0.5*e      # ε_f = √(α²/(1+α²))·ε_shared + √(1/(1+α²))·ε_ind,f
+
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor):
         "x_t and the regression target for clean x0, noise ε and time t (flow: u = ε − x0; eps: ε)."
         if self.prediction == 'flow':
@@ -213,7 +229,7 @@ class T2VPipeline:
         if not len(prompts): raise ValueError("prompts: the list is empty")
         if len(videos) != len(prompts): raise ValueError(f"videos ({len(videos)}) and prompts ({len(prompts)}) differ in number")
         x0 = videos if isinstance(videos, torch.Tensor) else self.encode_videos(videos)
-        noise = torch.randn(x0.shape, generator=generator).to(x0)
+        noise = self.noise(x0.shape, generator).to(x0)
         t = self.sample_t(len(x0), generator)
         x_t, target = self.add_noise(x0, noise, t)
         emb = self.encode_prompt(prompts, cache=self.text_frozen())  # a frozen text encoder runs once per prompt
@@ -249,7 +265,7 @@ class T2VPipeline:
             cond, uncond = self.encode_prompt(ps, cache=cache), self.encode_prompt([''], cache=cache)
             shape = self.latent_shape(len(ps), F_, H, W)
             gens = [torch.Generator().manual_seed(seed + b + i) for i in range(len(ps))]
-            x = torch.stack([torch.randn(shape[1:], generator=g) for g in gens]).to(self.device, self.dtype)
+            x = torch.stack([self.noise(shape[1:], g) for g in gens]).to(self.device, self.dtype)
             sch = self.scheduler_for(steps)
             for k, t in enumerate(sch.timesteps):
                 tp = t.expand(len(ps)).to(self.device)
@@ -261,7 +277,7 @@ class T2VPipeline:
                     pred = self.predict(x, tp, cond)
                 if eta:                                                # x̂0 = x − σv, ε̂ = x + (1−σ)v; x' = (1−σ')x̂0 + σ'(√(1−η²)ε̂ + ηz)
                     sg, sn = sch.sigmas[k].item(), sch.sigmas[k + 1].item()
-                    z = torch.stack([torch.randn(shape[1:], generator=g) for g in gens]).to(x)
+                    z = torch.stack([self.noise(shape[1:], g) for g in gens]).to(x)
                     x = ((1 - sn)*(x - sg*pred) + sn*((1 - eta**2)**0.5*(x + (1 - sg)*pred) + eta*z)).to(self.dtype)
                 else:
                     x = sch.step(pred, t, x).prev_sample
@@ -308,7 +324,7 @@ def build_tiny(cfg: BackboneConfig | None = None, seed: int = 0) -> T2VPipeline:
                                out_channels=3, text_dim=cfg.text_dim, freq_dim=64, ffn_dim=cfg.ffn_dim, num_layers=cfg.layers,
                                rope_max_seq_len=64)
     pipe = T2VPipeline(tr, te, tok, make_scheduler(cfg.prediction, cfg.shift), None, cfg.prediction, cfg.max_text_len,
-                       output=cfg.output, t_logit_mean=cfg.t_logit_mean)
+                       output=cfg.output, t_logit_mean=cfg.t_logit_mean, noise_mix=cfg.noise_mix)
     pipe.default_frames, pipe.default_size, pipe.config = cfg.frames, cfg.size, cfg
     return pipe
 
@@ -323,7 +339,7 @@ def save_backbone(pipe: T2VPipeline, folder) -> Path:
     cfg = getattr(pipe, 'config', None)
     kind = 'magicid-tiny' if pipe.vae is None and cfg is not None else 'diffusers-wan'
     (tmp/'magicid_backbone.json').write_text(json.dumps(dict(kind=kind, prediction=pipe.prediction, output=pipe.output,
-        t_logit_mean=pipe.t_logit_mean, max_text_len=pipe.max_text_len,
+        t_logit_mean=pipe.t_logit_mean, noise_mix=pipe.noise_mix, max_text_len=pipe.max_text_len,
         strict_tokens=pipe.strict_tokens, frames=pipe.default_frames, size=pipe.default_size, config=asdict(cfg) if cfg else None), indent=1))
     if folder.exists(): shutil.rmtree(folder)
     os.replace(tmp, folder)
@@ -361,7 +377,8 @@ def load_backbone(folder, dtype: torch.dtype | None = None, device: str = 'cpu',
     pred = prediction or meta.get('prediction', 'flow')
     pipe = T2VPipeline(tr, te, tok, sch, vae, pred, meta.get('max_text_len', 512),
                        strict_tokens=meta.get('strict_tokens', meta.get('kind') == 'magicid-tiny'),
-                       output=meta.get('output', 'velocity'), t_logit_mean=meta.get('t_logit_mean', 0.0))
+                       output=meta.get('output', 'velocity'), t_logit_mean=meta.get('t_logit_mean', 0.0),
+                       noise_mix=meta.get('noise_mix', 0.0))
     pipe.default_frames, pipe.default_size = meta.get('frames', 33 if vae else 8), meta.get('size', 480 if vae else 32)
     if meta.get('config'): pipe.config = BackboneConfig(**meta['config'])
     if gradient_checkpointing: pipe.enable_gradient_checkpointing()

@@ -64,7 +64,7 @@ def pair_forward(pipe: T2VPipeline, win, lose, prompts: Sequence[str], generator
     if tuple(win.shape) != tuple(lose.shape): raise ValueError(f"win {tuple(win.shape)} and lose {tuple(lose.shape)}: shapes differ")
     if len(prompts) != len(win): raise ValueError(f"prompts: {len(prompts)} prompts for {len(win)} pairs")
     x0_w, x0_l = _encode(pipe, win), _encode(pipe, lose)
-    noise = torch.randn(x0_w.shape, generator=generator).to(x0_w)         # one ε per pair
+    noise = pipe.noise(x0_w.shape, generator).to(x0_w)                   # one ε per pair (the backbone's noise prior)
     t = pipe.sample_t(len(x0_w), generator)                               # one t per pair
     x_w, target_w = pipe.add_noise(x0_w, noise, t)                        # v_t^w and its target (ε or u = ε − v_0^w)
     x_l, target_l = pipe.add_noise(x0_l, noise, t)                        # v_t^l, same ε and t
