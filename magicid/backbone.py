@@ -220,8 +220,10 @@ class T2VPipeline:
             out = (x_t - out)/t.view(-1, *[1]*(x_t.ndim - 1)).clamp_min(0.05).to(x_t.dtype)
         return out
 
-    def training_loss(self, videos: np.ndarray | torch.Tensor, prompts: Sequence[str], generator=None) -> torch.Tensor:
-        "The plain diffusion loss ‖target − prediction‖² (mean) on a batch of videos and their prompts."
+    def training_loss(self, videos: np.ndarray | torch.Tensor, prompts: Sequence[str], generator=None,
+                      frame_diff_weight: float = 0.0) -> torch.Tensor:
+        "The diffusion loss ‖target − prediction‖² (mean); `frame_diff_weight` λ adds λ·‖Δ_f(target − prediction)‖² along frames."
+        if not frame_diff_weight >= 0: raise ValueError(f"frame_diff_weight={frame_diff_weight} must be >= 0 (0: the plain loss)")
         if isinstance(prompts, str): prompts = [prompts]
         if isinstance(videos, torch.Tensor) and (not videos.is_floating_point() or videos.ndim != 5):
             raise ValueError(f"videos: a tensor must be float (N, C, F, H, W) in the transformer's space, got {videos.dtype} {tuple(videos.shape)}; "
@@ -233,7 +235,11 @@ class T2VPipeline:
         t = self.sample_t(len(x0), generator)
         x_t, target = self.add_noise(x0, noise, t)
         emb = self.encode_prompt(prompts, cache=self.text_frozen())  # a frozen text encoder runs once per prompt
-        return F.mse_loss(self.predict(x_t, t, emb).float(), target.float())
+        e = self.predict(x_t, t, emb).float() - target.float()          # e = prediction − target, (N, C, F, H, W)
+        loss = e.pow(2).mean()                                           # ‖e‖²
+        if frame_diff_weight and e.shape[2] > 1:                         # + λ‖e_{f+1} − e_f‖²: errors that change from frame to frame
+            loss = loss + frame_diff_weight*e.diff(dim=2).pow(2).mean()
+        return loss
 
     # --- sampling ---
     def scheduler_for(self, steps: int):
@@ -471,11 +477,13 @@ def _save_state(opt, step, log, folder, ema=None):
 
 def pretrain(pipe: T2VPipeline, videos: np.ndarray, captions: Sequence[str], steps: int, batch_size: int = 16, lr: float = 3e-4,
              ckpt_dir=None, save_every: int = 200, caption_dropout: float = 0.1, seed: int = 0, warmup: int = 100,
-             progress: bool = True, callback=None, ema_decay: float = 0.0, compile: bool = False) -> list[dict]:
-    "Train transformer and text encoder with the plain diffusion loss; resumable from `ckpt_dir`. Returns the loss log."
+             progress: bool = True, callback=None, ema_decay: float = 0.0, compile: bool = False,
+             frame_diff_weight: float = 0.0) -> list[dict]:
+    "Train transformer and text encoder with the diffusion loss (`training_loss`); resumable from `ckpt_dir`. Returns the loss log."
     from tqdm.auto import tqdm
     if len(videos) != len(captions): raise ValueError(f"videos ({len(videos)}) and captions ({len(captions)}) differ in number")
     if not 0 <= ema_decay < 1: raise ValueError(f"ema_decay={ema_decay} must be in [0, 1) (0: no EMA)")
+    if not frame_diff_weight >= 0: raise ValueError(f"frame_diff_weight={frame_diff_weight} must be >= 0 (0: the plain loss)")
     params = [p for m in (pipe.transformer, pipe.text_encoder) for p in m.parameters()]
     for p in params: p.requires_grad_(True)
     pipe._text_cache.clear()                                         # the text encoder trains: no cached embeddings
@@ -499,7 +507,8 @@ def pretrain(pipe: T2VPipeline, videos: np.ndarray, captions: Sequence[str], ste
             g = np.random.default_rng([seed, step])
             idx = g.choice(len(videos), batch_size, replace=len(videos) < batch_size)
             caps = ['' if g.random() < caption_dropout else captions[i] for i in idx]
-            loss = pipe.training_loss(videos[idx], caps, generator=torch.Generator().manual_seed(int(g.integers(2**31))))
+            loss = pipe.training_loss(videos[idx], caps, generator=torch.Generator().manual_seed(int(g.integers(2**31))),
+                                      frame_diff_weight=frame_diff_weight)
             if not torch.isfinite(loss): raise FloatingPointError(f"pretraining: loss is {loss.item()} at step {step}; last good checkpoint in {ckpt_dir}")
             opt.zero_grad(set_to_none=True); loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step(); sched.step()
