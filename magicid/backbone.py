@@ -483,7 +483,6 @@ def pretrain(pipe: T2VPipeline, videos: np.ndarray, captions: Sequence[str], ste
     from tqdm.auto import tqdm
     if len(videos) != len(captions): raise ValueError(f"videos ({len(videos)}) and captions ({len(captions)}) differ in number")
     if not 0 <= ema_decay < 1: raise ValueError(f"ema_decay={ema_decay} must be in [0, 1) (0: no EMA)")
-    if not frame_diff_weight >= 0: raise ValueError(f"frame_diff_weight={frame_diff_weight} must be >= 0 (0: the plain loss)")
     params = [p for m in (pipe.transformer, pipe.text_encoder) for p in m.parameters()]
     for p in params: p.requires_grad_(True)
     pipe._text_cache.clear()                                         # the text encoder trains: no cached embeddings
