@@ -450,17 +450,25 @@ def load_lora(pipe: T2VPipeline, folder, adapter_name: str = 'default') -> T2VPi
 
 # %% ../nbs/10_backbone.ipynb #157c2a92
 def render_dataset(n: int, seed: int = 0, frames: int = 8, size: int = 32, split: str = 'pretrain', n_identities: int | None = None,
-                   progress: bool = True) -> tuple[np.ndarray, list, list]:
-    "n rendered videos (n, F, H, W, 3) of `split` identities, their specs and captions (random paraphrase templates)."
+                   progress: bool = True, n_jobs: int = 1) -> tuple[np.ndarray, list, list]:
+    "n rendered videos (n, F, H, W, 3) of `split` identities, their specs and captions; `n_jobs` > 1 renders in worker processes."
+    from functools import partial
     from tqdm.auto import tqdm
     from magicid import world
+    if n_jobs < 1: raise ValueError(f"n_jobs={n_jobs} must be >= 1 (1: render in this process)")
     rng = np.random.default_rng([seed, 21])
     ids = world.sample_identities(split, n_identities or max(1, n//4), seed)
-    vids, specs, caps = np.empty((n, frames, size, size, 3), np.uint8), [], []
-    for i in tqdm(range(n), desc='rendering', disable=not progress, leave=False):
+    specs, caps = [], []
+    for i in range(n):                                               # specs and captions: one random stream, in order
         sp = world.sample_spec(ids[rng.integers(len(ids))], rng, frames=frames, size=size)
-        vids[i] = world.render(sp, ground_truth=False).video
         specs.append(sp); caps.append(world.caption(sp, int(rng.integers(len(world.TEMPLATES)))))
+    vids, job = np.empty((n, frames, size, size, 3), np.uint8), partial(world.render, ground_truth=False)
+    def fill(done):
+        for i, r in enumerate(tqdm(done, total=n, desc='rendering', disable=not progress, leave=False)): vids[i] = r.video
+    if n_jobs == 1: fill(map(job, specs))
+    else:                                                            # rendering is deterministic given the spec: same videos
+        import multiprocessing as mp
+        with mp.get_context('spawn').Pool(n_jobs) as pool: fill(pool.imap(job, specs, chunksize=64))
     return vids, specs, caps
 
 class compiled:
@@ -493,7 +501,7 @@ def pretrain(pipe: T2VPipeline, videos: np.ndarray, captions: Sequence[str], ste
     if ckpt_dir and (Path(ckpt_dir)/'state.pt').exists() and (Path(ckpt_dir)/'model').exists():
         saved = load_backbone(Path(ckpt_dir)/'model')
         pipe.transformer.load_state_dict(saved.transformer.state_dict()); pipe.text_encoder.load_state_dict(saved.text_encoder.state_dict())
-        st = torch.load(Path(ckpt_dir)/'state.pt', weights_only=True)
+        st = torch.load(Path(ckpt_dir)/'state.pt', weights_only=True, map_location=pipe.device)  # a checkpoint of another device resumes
         opt.load_state_dict(st['optimizer']); start, log = st['step'], st['log']
         if ema is not None:
             if st.get('ema') is None: raise ValueError(f"{ckpt_dir}: the checkpoint has no EMA weights; resume with ema_decay=0 or use a new ckpt_dir")
