@@ -459,7 +459,7 @@ def render_dataset(n: int, seed: int = 0, frames: int = 8, size: int = 32, split
     rng = np.random.default_rng([seed, 21])
     ids = world.sample_identities(split, n_identities or max(1, n//4), seed)
     specs, caps = [], []
-    for i in range(n):                                               # specs and captions: one random stream, in order
+    for _ in range(n):                                               # specs and captions: one random stream, in order
         sp = world.sample_spec(ids[rng.integers(len(ids))], rng, frames=frames, size=size)
         specs.append(sp); caps.append(world.caption(sp, int(rng.integers(len(world.TEMPLATES)))))
     vids, job = np.empty((n, frames, size, size, 3), np.uint8), partial(world.render, ground_truth=False)
