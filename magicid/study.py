@@ -41,6 +41,26 @@ def _evaluate(videos, prompts, ident: str, refs, inst) -> list[dict]:
     rows = metrics.evaluate(list(videos), list(prompts), [ident]*len(videos), {ident: refs}, inst, progress=False)[0]
     return [{m: float(r[m]) for m in METRICS} for r in rows]
 
+def _weights_key(folder) -> dict:
+    "sha256 of every file under `folder`: the LoRA a cached evaluation was measured on."
+    from magicid.core import sha256_file
+    return {str(f.relative_to(folder)): sha256_file(f) for f in sorted(Path(folder).rglob('*')) if f.is_file()}
+
+def _cached_eval(path, key: dict, compute) -> list[dict]:
+    "The metrics `compute()` returns, kept in the JSON file `path` under `key`; a different key computes them again."
+    from magicid.core import atomic_write
+    path = Path(path)
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get('key') == key: return saved['rows']
+    rows = compute()
+    atomic_write(path, json.dumps(dict(key=key, rows=rows)))
+    return rows
+
+def _sampling(sample: dict) -> dict:
+    "The pipeline's sampling arguments of an evaluation key."
+    return dict(steps=sample['steps'], cfg_scale=sample['cfg_scale'], seed=sample['seed'], eta=sample['eta'], progress=False)
+
 def compare_settings(refs: dict, prompts: Sequence[str], variants: dict, work_dir, scale: str = 'tiny', inst=None,
                      seed: int = 0, log=print) -> dict:
     "Customize each identity of `refs` ({name: images}) with each variant; per-video DreamBooth and MagicID metrics on `prompts`."
@@ -49,6 +69,7 @@ def compare_settings(refs: dict, prompts: Sequence[str], variants: dict, work_di
     cfgs = check_variants(variants, scale)
     if not refs: raise ValueError("refs: give at least one identity (a mapping name -> reference images)")
     if not len(prompts): raise ValueError("prompts: give at least one prompt")
+    own_inst = inst is not None                                  # the kept evaluations are those of the default instruments
     inst = inst or metrics.tiny_instruments()
     base = next(iter(cfgs))
     videos, runs = [], []
@@ -61,14 +82,16 @@ def compare_settings(refs: dict, prompts: Sequence[str], variants: dict, work_di
                 for sub in ('initial_lora', 'repository'): shutil.copytree(Path(work_dir)/str(ident)/base/sub, run_dir/sub)
             rec = customize(r, run_dir, cfg, progress=False, log=lambda *a: None)
             s = seed + 10_000*k
-            mi = _evaluate(rec['pipe'](list(prompts), steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale, seed=s, eta=cfg.eta, progress=False),
-                           prompts, str(ident), r, inst)
+            sample = dict(prompts=list(prompts), seed=s, steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale, eta=cfg.eta)
+            evaluate = (lambda path, weights, fn: fn()) if own_inst else (
+                lambda path, weights, fn: _cached_eval(path, dict(sample, weights=_weights_key(weights)), fn))
+            mi = evaluate(run_dir/'study_eval_magicid.json', run_dir/'lora', lambda: _evaluate(
+                rec['pipe'](list(prompts), **_sampling(sample)), prompts, str(ident), r, inst))
             key = base if shared else name                      # DreamBooth = this run's initial LoRA (the base's when copied)
             if key not in db_cache:
-                db = load_lora(load_run_backbone(cfg), run_dir/'initial_lora'/'adapter')
-                db_cache[key] = _evaluate(db(list(prompts), steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale, seed=s, eta=cfg.eta, progress=False),
-                                          prompts, str(ident), r, inst)
-                del db
+                db_cache[key] = evaluate(run_dir/'study_eval_dreambooth.json', run_dir/'initial_lora'/'adapter', lambda: _evaluate(
+                    load_lora(load_run_backbone(cfg), run_dir/'initial_lora'/'adapter')(list(prompts), **_sampling(sample)),
+                    prompts, str(ident), r, inst))
             for p, a, b in zip(prompts, db_cache[key], mi):
                 videos.append(dict(identity=str(ident), variant=name, prompt=p, **{f'db_{m}': a[m] for m in METRICS},
                                    **{f'mi_{m}': b[m] for m in METRICS}))
