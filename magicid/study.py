@@ -46,9 +46,10 @@ def _weights_key(folder) -> dict:
     from magicid.core import sha256_file
     return {str(f.relative_to(folder)): sha256_file(f) for f in sorted(Path(folder).rglob('*')) if f.is_file()}
 
-def _cached_eval(path, key: dict, compute) -> list[dict]:
-    "The metrics `compute()` returns, kept in the JSON file `path` under `key`; a different key computes them again."
+def _cached_eval(path, key: dict | None, compute) -> list[dict]:
+    "The metrics `compute()` returns, kept in the JSON file `path` under `key`; a different key computes them again (None: never kept)."
     from magicid.core import atomic_write
+    if key is None: return compute()
     path = Path(path)
     if path.exists():
         saved = json.loads(path.read_text())
@@ -56,10 +57,6 @@ def _cached_eval(path, key: dict, compute) -> list[dict]:
     rows = compute()
     atomic_write(path, json.dumps(dict(key=key, rows=rows)))
     return rows
-
-def _sampling(sample: dict) -> dict:
-    "The pipeline's sampling arguments of an evaluation key."
-    return dict(steps=sample['steps'], cfg_scale=sample['cfg_scale'], seed=sample['seed'], eta=sample['eta'], progress=False)
 
 def compare_settings(refs: dict, prompts: Sequence[str], variants: dict, work_dir, scale: str = 'tiny', inst=None,
                      seed: int = 0, log=print) -> dict:
@@ -82,17 +79,16 @@ def compare_settings(refs: dict, prompts: Sequence[str], variants: dict, work_di
                 for sub in ('initial_lora', 'repository'): shutil.copytree(Path(work_dir)/str(ident)/base/sub, run_dir/sub)
             rec = customize(r, run_dir, cfg, progress=False, log=lambda *a: None)
             s = seed + 10_000*k
-            sample = dict(prompts=list(prompts), seed=s, steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale, eta=cfg.eta)
-            evaluate = (lambda path, weights, fn: fn()) if own_inst else (
-                lambda path, weights, fn: _cached_eval(path, dict(sample, weights=_weights_key(weights)), fn))
-            mi = evaluate(run_dir/'study_eval_magicid.json', run_dir/'lora', lambda: _evaluate(
-                rec['pipe'](list(prompts), **_sampling(sample)), prompts, str(ident), r, inst))
-            key = base if shared else name                      # DreamBooth = this run's initial LoRA (the base's when copied)
-            if key not in db_cache:
-                db_cache[key] = evaluate(run_dir/'study_eval_dreambooth.json', run_dir/'initial_lora'/'adapter', lambda: _evaluate(
-                    load_lora(load_run_backbone(cfg), run_dir/'initial_lora'/'adapter')(list(prompts), **_sampling(sample)),
+            kw = dict(steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale, seed=s, eta=cfg.eta)
+            def key(lora): return None if own_inst else dict(kw, prompts=list(prompts), weights=_weights_key(lora))
+            mi = _cached_eval(run_dir/'study_eval_magicid.json', key(run_dir/'lora'), lambda: _evaluate(
+                rec['pipe'](list(prompts), **kw, progress=False), prompts, str(ident), r, inst))
+            db_key = base if shared else name                   # DreamBooth = this run's initial LoRA (the base's when copied)
+            if db_key not in db_cache:
+                db_cache[db_key] = _cached_eval(run_dir/'study_eval_dreambooth.json', key(run_dir/'initial_lora'/'adapter'), lambda: _evaluate(
+                    load_lora(load_run_backbone(cfg), run_dir/'initial_lora'/'adapter')(list(prompts), **kw, progress=False),
                     prompts, str(ident), r, inst))
-            for p, a, b in zip(prompts, db_cache[key], mi):
+            for p, a, b in zip(prompts, db_cache[db_key], mi):
                 videos.append(dict(identity=str(ident), variant=name, prompt=p, **{f'db_{m}': a[m] for m in METRICS},
                                    **{f'mi_{m}': b[m] for m in METRICS}))
             fin = rec['hpo_final']
@@ -100,7 +96,7 @@ def compare_settings(refs: dict, prompts: Sequence[str], variants: dict, work_di
                              hpo_accuracy=fin.get('rewards/accuracies', float('nan')), hpo_margin=fin.get('rewards/margins', float('nan')),
                              seconds=rec['seconds']['total']))
             log(f"[study] {ident} / {name}: P_id {runs[-1]['pairs_id']}, P_dy {runs[-1]['pairs_dy']}, "
-                + ', '.join(f"{m} {np.mean([v[m] for v in db_cache[key]]):.3g} → {np.mean([v[m] for v in mi]):.3g}" for m in METRICS))
+                + ', '.join(f"{m} {np.mean([v[m] for v in db_cache[db_key]]):.3g} → {np.mean([v[m] for v in mi]):.3g}" for m in METRICS))
             del rec
     return dict(videos=videos, runs=runs)
 
