@@ -106,6 +106,13 @@ def tensor_to_videos(x: torch.Tensor) -> np.ndarray:
     "float (N, 3, F, H, W) in [−1, 1] → uint8 (N, F, H, W, 3)."
     return x.detach().float().clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 4, 1).cpu().numpy()
 
+def _check_interval(name: str, iv) -> tuple[float, float]:
+    "Validate a noise-level interval (lo, hi) with 0 <= lo < hi <= 1."
+    try: lo, hi = map(float, iv)
+    except (TypeError, ValueError): raise ValueError(f"{name}={iv!r} must be two numbers (lo, hi) with 0 <= lo < hi <= 1") from None
+    if not 0 <= lo < hi <= 1: raise ValueError(f"{name}={iv!r} must satisfy 0 <= lo < hi <= 1 (the default (0, 1) guides every step)")
+    return lo, hi
+
 class T2VPipeline:
     "Text-to-video diffusion: transformer + text encoder + tokenizer + scheduler (+ optional VAE)."
     def __init__(self, transformer, text_encoder, tokenizer, scheduler, vae=None, prediction: str = 'flow', max_text_len: int = 24,
@@ -251,7 +258,7 @@ class T2VPipeline:
     @torch.no_grad()
     def __call__(self, prompts: Sequence[str], num_frames: int | None = None, steps: int = 25, cfg_scale: float = 4.5,
                  seed: int = 0, height: int | None = None, width: int | None = None, batch_size: int = 16,
-                 progress: bool = True, eta: float = 0.0) -> np.ndarray:
+                 progress: bool = True, eta: float = 0.0, guidance_interval: Sequence[float] = (0.0, 1.0)) -> np.ndarray:
         "Generate one video per prompt: uint8 (N, F, H, W, 3). Seeds are per video (seed + index); `eta` > 0: stochastic flow sampler."
         from tqdm.auto import tqdm
         if isinstance(prompts, str): prompts = [prompts]
@@ -262,6 +269,7 @@ class T2VPipeline:
         if steps < 1: raise ValueError(f"steps={steps} must be >= 1")
         if not 0 <= eta <= 1: raise ValueError(f"eta={eta} must be in [0, 1] (0: the deterministic ODE sampler)")
         if eta and self.prediction != 'flow': raise ValueError("eta: the stochastic sampler is for flow prediction; DDIM has its own eta")
+        g_lo, g_hi = _check_interval('guidance_interval', guidance_interval)
         H, W = height or self.default_size, width or self.default_size
         out = []
         bar = tqdm(total=len(prompts)*steps, desc='sampling', disable=not progress, leave=False)
@@ -276,7 +284,8 @@ class T2VPipeline:
             for k, t in enumerate(sch.timesteps):
                 tp = t.expand(len(ps)).to(self.device)
                 if self.prediction == 'flow': tp = tp/1000             # predict's time: σ ∈ (0, 1) for flow, the step for eps
-                if cfg_scale != 1.0:
+                n_T = self.scheduler.config.get('num_train_timesteps', 1000)
+                if cfg_scale != 1.0 and g_lo <= float(t)/n_T <= g_hi:    # guidance only for noise levels σ (t/T) in the interval
                     pc, pu = self.predict(torch.cat([x, x]), torch.cat([tp, tp]), torch.cat([cond, uncond.expand(len(ps), -1, -1)])).chunk(2)
                     pred = pu + cfg_scale*(pc - pu)                    # classifier-free guidance
                 else:
