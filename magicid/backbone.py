@@ -281,10 +281,10 @@ class T2VPipeline:
             gens = [torch.Generator().manual_seed(seed + b + i) for i in range(len(ps))]
             x = torch.stack([self.noise(shape[1:], g) for g in gens]).to(self.device, self.dtype)
             sch = self.scheduler_for(steps)
+            n_T = sch.config.get('num_train_timesteps', 1000)            # t/T: the noise level σ of a flow step
             for k, t in enumerate(sch.timesteps):
                 tp = t.expand(len(ps)).to(self.device)
                 if self.prediction == 'flow': tp = tp/1000             # predict's time: σ ∈ (0, 1) for flow, the step for eps
-                n_T = self.scheduler.config.get('num_train_timesteps', 1000)
                 if cfg_scale != 1.0 and g_lo <= float(t)/n_T <= g_hi:    # guidance only for noise levels σ (t/T) in the interval
                     pc, pu = self.predict(torch.cat([x, x]), torch.cat([tp, tp]), torch.cat([cond, uncond.expand(len(ps), -1, -1)])).chunk(2)
                     pred = pu + cfg_scale*(pc - pu)                    # classifier-free guidance
