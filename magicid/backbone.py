@@ -485,7 +485,7 @@ class compiled:
     def __init__(self, pipe, on: bool = True): self.pipe, self.on = pipe, on
     def __enter__(self):
         self.module = self.pipe.transformer
-        if self.on: self.pipe.transformer = torch.compile(self.module)
+        if self.on: self.pipe.transformer = torch.compile(self.module, dynamic=False)   # one graph per shape (videos, single frames)
         return self.pipe
     def __exit__(self, *exc): self.pipe.transformer = self.module
 
@@ -495,11 +495,14 @@ def _save_state(opt, step, log, folder, ema=None):
 def pretrain(pipe: T2VPipeline, videos: np.ndarray, captions: Sequence[str], steps: int, batch_size: int = 16, lr: float = 3e-4,
              ckpt_dir=None, save_every: int = 200, caption_dropout: float = 0.1, seed: int = 0, warmup: int = 100,
              progress: bool = True, callback=None, ema_decay: float = 0.0, compile: bool = False,
-             frame_diff_weight: float = 0.0) -> list[dict]:
+             frame_diff_weight: float = 0.0, image_fraction: float = 0.0, image_batch: int | None = None) -> list[dict]:
     "Train transformer and text encoder with the diffusion loss (`training_loss`); resumable from `ckpt_dir`. Returns the loss log."
     from tqdm.auto import tqdm
     if len(videos) != len(captions): raise ValueError(f"videos ({len(videos)}) and captions ({len(captions)}) differ in number")
     if not 0 <= ema_decay < 1: raise ValueError(f"ema_decay={ema_decay} must be in [0, 1) (0: no EMA)")
+    if not 0 <= image_fraction <= 1: raise ValueError(f"image_fraction={image_fraction} must be in [0, 1] (0: every step trains on videos)")
+    n_img = image_batch or batch_size*videos.shape[1]                # default: as many frames as a video step holds
+    if n_img < 1: raise ValueError(f"image_batch={image_batch} must be >= 1 (None: batch_size × frames)")
     params = [p for m in (pipe.transformer, pipe.text_encoder) for p in m.parameters()]
     for p in params: p.requires_grad_(True)
     pipe._text_cache.clear()                                         # the text encoder trains: no cached embeddings
@@ -521,9 +524,12 @@ def pretrain(pipe: T2VPipeline, videos: np.ndarray, captions: Sequence[str], ste
         bar = tqdm(range(start, steps), desc='pretraining', disable=not progress, initial=start, total=steps)
         for step in bar:
             g = np.random.default_rng([seed, step])
-            idx = g.choice(len(videos), batch_size, replace=len(videos) < batch_size)
+            image = bool(image_fraction) and g.random() < image_fraction  # no draw at 0: the video-only run is unchanged
+            n = n_img if image else batch_size
+            idx = g.choice(len(videos), n, replace=len(videos) < n)
             caps = ['' if g.random() < caption_dropout else captions[i] for i in idx]
-            loss = pipe.training_loss(videos[idx], caps, generator=torch.Generator().manual_seed(int(g.integers(2**31))),
+            x = videos[idx, g.integers(videos.shape[1], size=n)][:, None] if image else videos[idx]   # image step: one random frame each
+            loss = pipe.training_loss(x, caps, generator=torch.Generator().manual_seed(int(g.integers(2**31))),
                                       frame_diff_weight=frame_diff_weight)
             if not torch.isfinite(loss): raise FloatingPointError(f"pretraining: loss is {loss.item()} at step {step}; last good checkpoint in {ckpt_dir}")
             opt.zero_grad(set_to_none=True); loss.backward()
@@ -532,8 +538,8 @@ def pretrain(pipe: T2VPipeline, videos: np.ndarray, captions: Sequence[str], ste
                 d = min(ema_decay, (1 + step)/(10 + step))
                 with torch.no_grad():
                     for e, p in zip(ema, params): e.lerp_(p.detach(), 1 - d)
-            log.append(dict(step=step + 1, loss=loss.item(), lr=sched.get_last_lr()[0]))
-            bar.set_postfix(loss=f'{np.mean([l["loss"] for l in log[-50:]]):.4f}')
+            log.append(dict(step=step + 1, loss=loss.item(), lr=sched.get_last_lr()[0]) | ({'image': image} if image_fraction else {}))
+            bar.set_postfix(loss=f'{np.mean([l["loss"] for l in log[-50:] if not l.get("image")] or [np.nan]):.4f}')
             if ckpt_dir and ((step + 1) % save_every == 0 or step + 1 == steps):
                 save_backbone(pipe, Path(ckpt_dir)/'model'); _save_state(opt, step + 1, log, ckpt_dir, ema)
             if callback: callback(step + 1, log[-1])
