@@ -54,7 +54,7 @@ class CustomizeConfig:
     hpo_rank: int = 8
     schedule: str = 'two_stage'
     stage1_fraction: float = 0.5
-    resample_vt: bool = True          # stage 2: V_t sampled again from the model after stage 1 (Sec 1)
+    resample_vt: bool = False         # stage 2: True samples V_t again from the model after stage 1 (Sec 1; 16_study)
     save_every: int = 100
     # output
     n_samples: int = 4

@@ -29,14 +29,14 @@ def _cli(*args):
     return subprocess.run([MAGICID, *args], capture_output=True, text=True)
 
 def test_customize_writes_a_loadable_lora_and_a_record(backbone_dir, refs_dir, tmp_path):
-    rec = customize.customize(refs_dir, tmp_path/'run', _cfg(backbone_dir), progress=False, log=lambda *a: None)
+    rec = customize.customize(refs_dir, tmp_path/'run', _cfg(backbone_dir, resample_vt=True), progress=False, log=lambda *a: None)
     out = tmp_path/'run'
     run = json.loads((out/'run.json').read_text())
     assert set(run['seconds']) >= {'initial_lora', 'repository', 'selection', 'hpo', 'output', 'total'}
     assert run['versions']['torch'] and run['config']['delta'] == 0.01
     assert rec['pairs']['id'] + rec['pairs']['dy'] == len(json.loads((out/'pairs.json').read_text())['id'] + json.loads((out/'pairs.json').read_text())['dy'])
     assert len(list((out/'samples').glob('*.mp4'))) == 1
-    p2 = json.loads((out/'pairs_stage2.json').read_text())                     # resample_vt (default): stage 2's own pairs
+    p2 = json.loads((out/'pairs_stage2.json').read_text())                     # resample_vt: stage 2's own pairs
     assert run['config']['resample_vt'] and rec['pairs']['dy_stage2'] == len(p2['dy']) and (out/'repository_stage2'/'index.jsonl').exists()
     fresh = load_lora(load_backbone(backbone_dir), out/'lora')                  # the output LoRA on the original backbone
     a = fresh(['a sks person nods wearing a red jacket in a forest'], steps=2, seed=5, progress=False)
