@@ -489,8 +489,18 @@ class compiled:
         return self.pipe
     def __exit__(self, *exc): self.pipe.transformer = self.module
 
-def _save_state(opt, step, log, folder, ema=None):
-    with atomic_path(Path(folder)/'state.pt') as tmp: torch.save(dict(optimizer=opt.state_dict(), step=step, log=log, ema=ema), tmp)
+def _save_state(opt, step, log, folder, ema=None, recipe=None):
+    with atomic_path(Path(folder)/'state.pt') as tmp:
+        torch.save(dict(optimizer=opt.state_dict(), step=step, log=log, ema=ema, recipe=json.dumps(recipe, sort_keys=True)), tmp)
+
+def _check_recipe(saved: str | None, recipe: dict, ckpt_dir):
+    "Refuse to resume a checkpoint of another run: `saved` (JSON, None in checkpoints older than this check) must equal `recipe`."
+    if saved is None: return
+    old = json.loads(saved)
+    diff = {k: (old.get(k), recipe.get(k)) for k in sorted(set(old) | set(recipe)) if old.get(k) != recipe.get(k)}
+    if diff: raise ValueError(f"{ckpt_dir}: the checkpoint is of another run, it differs in " +
+                              ', '.join(f"{k} (checkpoint {a!r}, now {b!r})" for k, (a, b) in diff.items()) +
+                              f"; delete {ckpt_dir} to start afresh or pass another ckpt_dir")
 
 def pretrain(pipe: T2VPipeline, videos: np.ndarray, captions: Sequence[str], steps: int, batch_size: int = 16, lr: float = 3e-4,
              ckpt_dir=None, save_every: int = 200, caption_dropout: float = 0.1, seed: int = 0, warmup: int = 100,
@@ -510,10 +520,15 @@ def pretrain(pipe: T2VPipeline, videos: np.ndarray, captions: Sequence[str], ste
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1)/warmup)*0.5*(1 + math.cos(math.pi*min(s, steps)/steps)))
     start, log = 0, []
     ema = [p.detach().clone() for p in params] if ema_decay else None
+    recipe = dict(steps=steps, batch_size=batch_size, lr=lr, caption_dropout=caption_dropout, seed=seed, warmup=warmup,  # what makes the run (compile: same math)
+                  ema_decay=ema_decay, frame_diff_weight=frame_diff_weight, image_fraction=image_fraction, image_batch=n_img,
+                  videos=list(videos.shape), transformer={k: list(v) if isinstance(v, tuple) else v for k, v in
+                                                           pipe.transformer.config.items() if not k.startswith('_')})
     if ckpt_dir and (Path(ckpt_dir)/'state.pt').exists() and (Path(ckpt_dir)/'model').exists():
+        st = torch.load(Path(ckpt_dir)/'state.pt', weights_only=True, map_location=pipe.device)  # a checkpoint of another device resumes
+        _check_recipe(st.get('recipe'), recipe, ckpt_dir)
         saved = load_backbone(Path(ckpt_dir)/'model')
         pipe.transformer.load_state_dict(saved.transformer.state_dict()); pipe.text_encoder.load_state_dict(saved.text_encoder.state_dict())
-        st = torch.load(Path(ckpt_dir)/'state.pt', weights_only=True, map_location=pipe.device)  # a checkpoint of another device resumes
         opt.load_state_dict(st['optimizer']); start, log = st['step'], st['log']
         if ema is not None:
             if st.get('ema') is None: raise ValueError(f"{ckpt_dir}: the checkpoint has no EMA weights; resume with ema_decay=0 or use a new ckpt_dir")
@@ -541,7 +556,7 @@ def pretrain(pipe: T2VPipeline, videos: np.ndarray, captions: Sequence[str], ste
             log.append(dict(step=step + 1, loss=loss.item(), lr=sched.get_last_lr()[0]) | ({'image': image} if image_fraction else {}))
             bar.set_postfix(loss=f'{np.mean([l["loss"] for l in log[-50:] if not l.get("image")] or [np.nan]):.4f}')
             if ckpt_dir and ((step + 1) % save_every == 0 or step + 1 == steps):
-                save_backbone(pipe, Path(ckpt_dir)/'model'); _save_state(opt, step + 1, log, ckpt_dir, ema)
+                save_backbone(pipe, Path(ckpt_dir)/'model'); _save_state(opt, step + 1, log, ckpt_dir, ema, recipe)
             if callback: callback(step + 1, log[-1])
     if ema is not None:                                              # the returned model carries the EMA weights
         with torch.no_grad():
