@@ -489,7 +489,7 @@ class compiled:
         return self.pipe
     def __exit__(self, *exc): self.pipe.transformer = self.module
 
-def _save_state(opt, step, log, folder, ema=None, recipe=None):
+def _save_state(opt, step, log, folder, ema, recipe: dict):
     with atomic_path(Path(folder)/'state.pt') as tmp:
         torch.save(dict(optimizer=opt.state_dict(), step=step, log=log, ema=ema, recipe=json.dumps(recipe, sort_keys=True)), tmp)
 
