@@ -1,4 +1,9 @@
-"""Speed of the tiny text-to-video backbone on this CPU: pretraining and LoRA train steps, sampling. Prints JSON (one line).
+"""Speed of the tiny text-to-video backbone on this CPU: pretraining and LoRA train steps, sampling.
+
+Prints JSON lines as it goes: one line per section as soon as it is measured (`{"bench": "backbone", "section": ...}`:
+setup, sample, pretrain, pretrain_compiled, lora), flushed, then a summary line (`"section": "summary"`) with every
+section in one object. An interrupted run keeps the lines already printed, and an interrupt (Ctrl-C, SIGTERM) prints
+the summary of what was measured so far (`"partial": true`).
 
 Train steps are forward + backward + gradient clipping + AdamW step with the parameters `pretrain` trains (transformer
 and text encoder), or with only a LoRA adapter (rank 8, `add_lora`); the median of --steps steps after --warmup steps.
@@ -11,7 +16,7 @@ Usage: .venv/bin/python bench/backbone.py [--weights data/backbone] [--random] [
              (the first --warmup steps include the compilation)
   threads 0: torch's default
 """
-import argparse, json, os, platform, re, resource, statistics, sys, time
+import argparse, json, os, platform, re, resource, signal, statistics, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +69,7 @@ def main():
     if a.threads: torch.set_num_threads(a.threads)
     from magicid import backbone as B
     from magicid.core import verify_weights
+    from magicid.pretrain import render_dataset
     weights = Path(a.weights)
     t0 = time.perf_counter()
     if a.random:
@@ -77,13 +83,31 @@ def main():
     load_s = time.perf_counter() - t0
     cfg = getattr(pipe, 'config', None) or B.BackboneConfig()
     n_data = max(a.batches + [a.lora_batch, a.videos])
-    videos, _, captions = B.render_dataset(n_data, seed=0, frames=cfg.frames, size=cfg.size, progress=False)
+    videos, _, captions = render_dataset(n_data, seed=0, frames=cfg.frames, size=cfg.size, progress=False)
     out = dict(bench='backbone', source=source, frames=cfg.frames, size=cfg.size,
                transformer_params_M=round(sum(p.numel() for p in pipe.transformer.parameters())/1e6, 3),
                text_encoder_params_M=round(sum(p.numel() for p in pipe.text_encoder.parameters())/1e6, 3),
                load_s=round(load_s, 3), torch_threads=torch.get_num_threads(), cpu_count=os.cpu_count(),
                machine=platform.machine(), torch=torch.__version__, steps=a.steps, warmup=a.warmup)
+    emit('setup', out)
+    for sig in (signal.SIGINT, signal.SIGTERM): signal.signal(sig, signal.default_int_handler)   # both raise KeyboardInterrupt
+    try: measure(a, pipe, cfg, videos, captions, out)
+    except KeyboardInterrupt:
+        emit('summary', out | {'partial': True}); sys.exit(130)
+    out['peak_rss_MiB'] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024, 1)   # Linux: KiB
+    out['pretraining_wall'] = None if a.random else pretrain_wall(weights)
+    emit('summary', out)
 
+
+def emit(section: str, data: dict):
+    "One JSON line for `section`, flushed at once, so an interrupted run keeps what it measured."
+    print(json.dumps({'bench': 'backbone', 'section': section} | {k: v for k, v in data.items() if k != 'bench'}), flush=True)
+
+
+def measure(a, pipe, cfg, videos, captions, out: dict):
+    "Time sampling, pretraining steps (eager, and compiled with --compile) and LoRA steps; each section into `out` and printed."
+    from magicid.lora import add_lora                     # lazy, as in main: torch loads after --threads is read
+    from magicid.pretrain import compiled
     # sampling (the base model, before any adapter is added)
     pipe.transformer.eval(); pipe.text_encoder.eval()
     prompts = list(captions[:a.videos])
@@ -94,6 +118,7 @@ def main():
         v = pipe(prompts, num_frames=f, steps=a.sample_steps, cfg_scale=a.cfg, progress=False)
         out['sample']['seconds'][f'{f}f'] = round(time.perf_counter() - t0, 3)
         assert v.shape == (a.videos, f, cfg.size, cfg.size, 3)
+    emit('sample', {'sample': out['sample']})
 
     # pretraining steps: transformer + text encoder, as `pretrain`
     params = [p for m in (pipe.transformer, pipe.text_encoder) for p in m.parameters()]
@@ -101,18 +126,17 @@ def main():
     pipe.transformer.train(); pipe.text_encoder.train()
     out['pretrain_step_s'] = {f'batch{b}': step_time(pipe, params, videos, captions, b, a.steps, a.warmup) for b in a.batches}
     out['pretrain_params_M'] = round(sum(p.numel() for p in params)/1e6, 3)
+    emit('pretrain', {k: out[k] for k in ('pretrain_step_s', 'pretrain_params_M')})
     if a.compile:
-        with B.compiled(pipe):
+        with compiled(pipe):
             out['pretrain_step_compiled_s'] = {f'batch{b}': step_time(pipe, params, videos, captions, b, a.steps, a.warmup) for b in a.batches}
+        emit('pretrain_compiled', {'pretrain_step_compiled_s': out['pretrain_step_compiled_s']})
 
     # LoRA steps: only the adapter trains (customization)
-    lora = B.add_lora(pipe, rank=a.lora_rank)
+    lora = add_lora(pipe, rank=a.lora_rank)
     out['lora'] = dict(rank=a.lora_rank, params_M=round(sum(p.numel() for p in lora)/1e6, 4))
     out['lora']['step_s'] = {f'batch{a.lora_batch}': step_time(pipe, lora, videos, captions, a.lora_batch, a.steps, a.warmup)}
-
-    out['peak_rss_MiB'] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024, 1)   # Linux: KiB
-    out['pretraining_wall'] = None if a.random else pretrain_wall(weights)
-    print(json.dumps(out))
+    emit('lora', {'lora': out['lora']})
 
 
 if __name__ == '__main__': main()

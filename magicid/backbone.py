@@ -4,21 +4,24 @@
 
 # %% ../nbs/10_backbone.ipynb #56fa596d
 from __future__ import annotations
-import json, math, os, time
-from dataclasses import dataclass, asdict, field
+import json, os, re, shutil, tempfile
+from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Sequence
 import numpy as np
 import torch
-import torch.nn.functional as F
-from .core import check_choice, atomic_path, atomic_write
+import diffusers
+from diffusers import AutoencoderKLWan, DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+from tokenizers import Tokenizer, Regex, models, normalizers, pre_tokenizers
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+from . import core, world
+from .core import check_choice
 
 # %% auto #0
-__all__ = ['RARE_TOKENS', 'LORA_TARGETS', 'LORA_FILE', 'BackboneConfig', 'world_vocabulary', 'build_tokenizer', 'tokenize',
-           'videos_to_tensor', 'tensor_to_videos', 'T2VPipeline', 'make_scheduler', 'build_tiny', 'save_backbone',
-           'load_backbone', 'load_scale_backbone', 'add_lora', 'lora_disabled', 'save_lora', 'load_lora',
-           'render_dataset', 'compiled', 'pretrain', 'prompt_following', 'frame_consistency',
-           'video_identity_embeddings', 'mean_offdiag_similarity']
+__all__ = ['RARE_TOKENS', 'BackboneConfig', 'world_vocabulary', 'build_tokenizer', 'tokenize', 'videos_to_tensor',
+           'tensor_to_videos', 'T2VPipeline', 'make_scheduler', 'build_tiny', 'save_backbone', 'load_backbone',
+           'load_scale_backbone']
 
 # %% ../nbs/10_backbone.ipynb #21ec879a
 def _check_objective(prediction: str, output: str):
@@ -51,6 +54,11 @@ class BackboneConfig:
     t_logit_mean: float = 0.0        # flow training times t = sigmoid(m + n), n ~ N(0, 1); m > 0 favours noise
     noise_mix: float = 0.0           # α of the mixed noise prior (PYoCo): frames share α²/(1+α²) of the noise variance
 
+    @classmethod
+    def small(cls, **overrides) -> BackboneConfig:
+        "The 1-layer random backbone of the tests and lessons (layers=1, head_dim=8, ffn_dim=32): milliseconds per call."
+        return cls(**{'layers': 1, 'head_dim': 8, 'ffn_dim': 32, **overrides})
+
     def __post_init__(self):
         _check_objective(self.prediction, self.output)
         for k in ('frames', 'size', 'heads', 'head_dim', 'layers', 'ffn_dim', 'text_dim', 'text_layers', 'max_text_len'):
@@ -64,8 +72,6 @@ RARE_TOKENS = ['sks', 'zwx', 'qlv', 'vbn', 'xjt', 'pqy', 'kfd', 'wmr']
 
 def world_vocabulary() -> list[str]:
     "Every word the world's caption grammar can produce, plus the rare identity tokens."
-    import re
-    from magicid import world
     text = ' '.join(world.TEMPLATES) + ' ' + ' '.join(p for a in world.ACTIONS.values() for p in a)
     text += ' ' + ' '.join(world.SCENES.values()) + ' ' + ' '.join(world.COLOURS) + ' ' + ' '.join(world.GARMENTS) + ' a person'
     words = set(re.findall(r"[a-z\-]+", re.sub(r'\{[A-Za-z]+\}', ' ', text).lower()))
@@ -73,8 +79,6 @@ def world_vocabulary() -> list[str]:
 
 def build_tokenizer(vocab: Sequence[str] | None = None, max_len: int = 24):
     "A `PreTrainedTokenizerFast` (word level, lower-cased, punctuation dropped) over `vocab`."
-    from tokenizers import Tokenizer, Regex, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
     vocab = list(vocab or world_vocabulary())
     specials = ['<pad>', '</s>', '<unk>']
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(specials + vocab)}, unk_token='<unk>'))
@@ -215,7 +219,6 @@ class T2VPipeline:
 
     def _alphas_cumprod(self):
         if not hasattr(self, '_ac'):
-            from diffusers import DDPMScheduler
             self._ac = DDPMScheduler(num_train_timesteps=1000, beta_schedule='scaled_linear').alphas_cumprod
         return self._ac
 
@@ -260,7 +263,6 @@ class T2VPipeline:
                  seed: int = 0, height: int | None = None, width: int | None = None, batch_size: int = 16,
                  progress: bool = True, eta: float = 0.0, guidance_interval: Sequence[float] = (0.0, 1.0)) -> np.ndarray:
         "Generate one video per prompt: uint8 (N, F, H, W, 3). Seeds are per video (seed + index); `eta` > 0: stochastic flow sampler."
-        from tqdm.auto import tqdm
         if isinstance(prompts, str): prompts = [prompts]
         if not len(prompts): raise ValueError("prompts: give at least one prompt")
         if any(not p.strip() for p in prompts): raise ValueError("prompts: a prompt is empty; the empty prompt is only used internally for guidance")
@@ -320,15 +322,12 @@ class T2VPipeline:
 # %% ../nbs/10_backbone.ipynb #42453d8b
 def make_scheduler(prediction: str, shift: float = 3.0):
     "The default sampler: Euler on the rectified flow, or DDIM for ε-prediction (Supp A samples with DDIM)."
-    from diffusers import FlowMatchEulerDiscreteScheduler, DDIMScheduler
     if prediction == 'flow': return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
     return DDIMScheduler(num_train_timesteps=1000, beta_schedule='scaled_linear', clip_sample=False, set_alpha_to_one=False,
                          prediction_type='epsilon', timestep_spacing='trailing')
 
 def build_tiny(cfg: BackboneConfig | None = None, seed: int = 0) -> T2VPipeline:
     "A freshly initialized tiny backbone (pixel space, no VAE)."
-    from diffusers import WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
     cfg = cfg or BackboneConfig()
     torch.manual_seed(seed)
     tok = build_tokenizer(max_len=cfg.max_text_len)
@@ -345,7 +344,6 @@ def build_tiny(cfg: BackboneConfig | None = None, seed: int = 0) -> T2VPipeline:
 
 def save_backbone(pipe: T2VPipeline, folder) -> Path:
     "Write the pipeline in diffusers' folder layout (atomically: a temp folder renamed into place)."
-    import shutil, tempfile
     folder = Path(folder); folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{folder.name}.', dir=folder.parent))
     pipe.transformer.save_pretrained(tmp/'transformer'); pipe.text_encoder.save_pretrained(tmp/'text_encoder')
@@ -363,7 +361,6 @@ def save_backbone(pipe: T2VPipeline, folder) -> Path:
 def load_backbone(folder, dtype: torch.dtype | None = None, device: str = 'cpu', prediction: str | None = None,
                   gradient_checkpointing: bool = False, offload: bool = False) -> T2VPipeline:
     "Load a backbone folder (tiny, saved by `save_backbone`, or Wan2.1-T2V in diffusers format); bf16, checkpointing, offload options."
-    from diffusers import WanTransformer3DModel
     folder = Path(folder) if folder else None
     if folder is None or not folder.is_dir():
         raise FileNotFoundError(f"backbone folder {folder}: not found; set weights_dir (e.g. magicid-run --set weights_dir=/path) "
@@ -376,9 +373,6 @@ def load_backbone(folder, dtype: torch.dtype | None = None, device: str = 'cpu',
     if tcfg.get('_class_name') != 'WanTransformer3DModel':
         raise ValueError(f"{folder}/transformer: architecture {tcfg.get('_class_name')!r} is not supported; expected WanTransformer3DModel "
                          f"(Wan2.1-T2V in diffusers format)")
-    from transformers import UMT5EncoderModel, AutoTokenizer
-    from diffusers import SchedulerMixin
-    import diffusers
     meta = json.loads((folder/'magicid_backbone.json').read_text()) if (folder/'magicid_backbone.json').exists() else {}
     tr = WanTransformer3DModel.from_pretrained(folder/'transformer', torch_dtype=dtype)
     te = UMT5EncoderModel.from_pretrained(folder/'text_encoder', torch_dtype=dtype)
@@ -387,7 +381,6 @@ def load_backbone(folder, dtype: torch.dtype | None = None, device: str = 'cpu',
     sch = getattr(diffusers, scfg['_class_name']).from_pretrained(folder/'scheduler')
     vae = None
     if (folder/'vae').is_dir():
-        from diffusers import AutoencoderKLWan
         vae = AutoencoderKLWan.from_pretrained(folder/'vae', torch_dtype=torch.float32)
     pred = prediction or meta.get('prediction', 'flow')
     pipe = T2VPipeline(tr, te, tok, sch, vae, pred, meta.get('max_text_len', 512),
@@ -402,7 +395,6 @@ def load_backbone(folder, dtype: torch.dtype | None = None, device: str = 'cpu',
 
 def load_scale_backbone(scale: str, backbone_dir=None, gradient_checkpointing: bool = False, offload: bool = False) -> T2VPipeline:
     "The backbone of a rung of the scale ladder: `backbone_dir`, else data/backbone (smoke/tiny) or the scale's `weights_dir`."
-    from magicid import core
     s = core.load_scale(scale)
     folder = backbone_dir or (core.repo_root()/'data'/'backbone' if s.backbone == 'tiny' else s.weights_dir)
     if folder is None:
@@ -412,192 +404,3 @@ def load_scale_backbone(scale: str, backbone_dir=None, gradient_checkpointing: b
     device = 'cuda' if s.device in ('cuda', 'auto') and torch.cuda.is_available() else 'cpu'
     return load_backbone(folder, dtype=torch.bfloat16 if s.dtype == 'bfloat16' else None, device=device,
                          gradient_checkpointing=gradient_checkpointing, offload=offload)
-
-# %% ../nbs/10_backbone.ipynb #622384ca
-LORA_TARGETS = ('to_q', 'to_k', 'to_v', 'to_out.0')
-LORA_FILE = 'pytorch_lora_weights.safetensors'
-
-def add_lora(pipe: T2VPipeline, rank: int = 8, alpha: float | None = None, adapter_name: str = 'default',
-             targets: Sequence[str] = LORA_TARGETS, seed: int = 0) -> list[torch.nn.Parameter]:
-    "Add a LoRA adapter to the transformer's attention; freeze everything else; return the adapter's parameters."
-    from peft import LoraConfig
-    if rank < 1: raise ValueError(f"rank={rank} must be >= 1")
-    torch.manual_seed(seed)
-    pipe.transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights=True, target_modules=list(targets)),
-                                 adapter_name=adapter_name)
-    pipe.transformer.set_adapter(adapter_name)
-    for p in pipe.text_encoder.parameters(): p.requires_grad_(False)
-    params = []
-    for n, p in pipe.transformer.named_parameters():
-        p.requires_grad_(f'.{adapter_name}.' in n and 'lora_' in n)
-        if p.requires_grad: params.append(p)
-    return params
-
-class lora_disabled:
-    "Context manager: the transformer without its LoRA adapters (the frozen base model, e.g. π_ref or the original model)."
-    def __init__(self, pipe): self.pipe = pipe
-    def __enter__(self): self.pipe.transformer.disable_adapters(); return self.pipe
-    def __exit__(self, *exc): self.pipe.transformer.enable_adapters()
-
-def save_lora(pipe: T2VPipeline, folder, adapter_name: str = 'default') -> Path:
-    "Save one adapter in diffusers' LoRA format (`pytorch_lora_weights.safetensors`)."
-    from diffusers import WanPipeline
-    from peft.utils import get_peft_model_state_dict
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    layers = get_peft_model_state_dict(pipe.transformer, adapter_name=adapter_name)
-    WanPipeline.save_lora_weights(folder, transformer_lora_layers=layers, weight_name=LORA_FILE)   # keys 'transformer.…'
-    return folder
-
-def load_lora(pipe: T2VPipeline, folder, adapter_name: str = 'default') -> T2VPipeline:
-    "Load an adapter saved by `save_lora` (or any diffusers Wan LoRA) into the transformer and activate it."
-    folder = Path(folder)
-    if not (folder/LORA_FILE).is_file():
-        raise FileNotFoundError(f"{folder}: no pytorch_lora_weights.safetensors (a LoRA saved by magicid or diffusers)")
-    pipe.transformer.load_lora_adapter(folder, weight_name=LORA_FILE, adapter_name=adapter_name, prefix='transformer')
-    pipe.transformer.set_adapter(adapter_name)
-    return pipe
-
-# %% ../nbs/10_backbone.ipynb #157c2a92
-def render_dataset(n: int, seed: int = 0, frames: int = 8, size: int = 32, split: str = 'pretrain', n_identities: int | None = None,
-                   progress: bool = True, n_jobs: int = 1) -> tuple[np.ndarray, list, list]:
-    "n rendered videos (n, F, H, W, 3) of `split` identities, their specs and captions; `n_jobs` > 1 renders in worker processes."
-    from functools import partial
-    from tqdm.auto import tqdm
-    from magicid import world
-    if n_jobs < 1: raise ValueError(f"n_jobs={n_jobs} must be >= 1 (1: render in this process)")
-    rng = np.random.default_rng([seed, 21])
-    ids = world.sample_identities(split, n_identities or max(1, n//4), seed)
-    specs, caps = [], []
-    for _ in range(n):                                               # specs and captions: one random stream, in order
-        sp = world.sample_spec(ids[rng.integers(len(ids))], rng, frames=frames, size=size)
-        specs.append(sp); caps.append(world.caption(sp, int(rng.integers(len(world.TEMPLATES)))))
-    vids, job = np.empty((n, frames, size, size, 3), np.uint8), partial(world.render, ground_truth=False)
-    def fill(done):
-        for i, r in enumerate(tqdm(done, total=n, desc='rendering', disable=not progress, leave=False)): vids[i] = r.video
-    if n_jobs == 1: fill(map(job, specs))
-    else:                                                            # rendering is deterministic given the spec: same videos
-        import multiprocessing as mp
-        with mp.get_context('spawn').Pool(n_jobs) as pool: fill(pool.imap(job, specs, chunksize=64))
-    return vids, specs, caps
-
-class compiled:
-    "Within the block, `pipe.transformer` runs through `torch.compile` (same parameters; the plain module is restored after)."
-    def __init__(self, pipe, on: bool = True): self.pipe, self.on = pipe, on
-    def __enter__(self):
-        self.module = self.pipe.transformer
-        if self.on: self.pipe.transformer = torch.compile(self.module, dynamic=False)   # one graph per shape (videos, single frames)
-        return self.pipe
-    def __exit__(self, *exc): self.pipe.transformer = self.module
-
-def _save_state(opt, step, log, folder, ema, recipe: dict):
-    with atomic_path(Path(folder)/'state.pt') as tmp:
-        torch.save(dict(optimizer=opt.state_dict(), step=step, log=log, ema=ema, recipe=json.dumps(recipe, sort_keys=True)), tmp)
-
-def _check_recipe(saved: str | None, recipe: dict, ckpt_dir):
-    "Refuse to resume a checkpoint of another run: `saved` (JSON, None in checkpoints older than this check) must equal `recipe`."
-    if saved is None: return
-    old = json.loads(saved)
-    diff = {k: (old.get(k), recipe.get(k)) for k in sorted(set(old) | set(recipe)) if old.get(k) != recipe.get(k)}
-    if diff: raise ValueError(f"{ckpt_dir}: the checkpoint is of another run, it differs in " +
-                              ', '.join(f"{k} (checkpoint {a!r}, now {b!r})" for k, (a, b) in diff.items()) +
-                              f"; delete {ckpt_dir} to start afresh or pass another ckpt_dir")
-
-def pretrain(pipe: T2VPipeline, videos: np.ndarray, captions: Sequence[str], steps: int, batch_size: int = 16, lr: float = 3e-4,
-             ckpt_dir=None, save_every: int = 200, caption_dropout: float = 0.1, seed: int = 0, warmup: int = 100,
-             progress: bool = True, callback=None, ema_decay: float = 0.0, compile: bool = False,
-             frame_diff_weight: float = 0.0, image_fraction: float = 0.0, image_batch: int | None = None) -> list[dict]:
-    "Train transformer and text encoder with the diffusion loss (`training_loss`); resumable from `ckpt_dir`. Returns the loss log."
-    from tqdm.auto import tqdm
-    if len(videos) != len(captions): raise ValueError(f"videos ({len(videos)}) and captions ({len(captions)}) differ in number")
-    if not 0 <= ema_decay < 1: raise ValueError(f"ema_decay={ema_decay} must be in [0, 1) (0: no EMA)")
-    if not 0 <= image_fraction <= 1: raise ValueError(f"image_fraction={image_fraction} must be in [0, 1] (0: every step trains on videos)")
-    n_img = image_batch or batch_size*videos.shape[1]                # default: as many frames as a video step holds
-    if n_img < 1: raise ValueError(f"image_batch={image_batch} must be >= 1 (None: batch_size × frames)")
-    params = [p for m in (pipe.transformer, pipe.text_encoder) for p in m.parameters()]
-    for p in params: p.requires_grad_(True)
-    pipe._text_cache.clear()                                         # the text encoder trains: no cached embeddings
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1)/warmup)*0.5*(1 + math.cos(math.pi*min(s, steps)/steps)))
-    start, log = 0, []
-    ema = [p.detach().clone() for p in params] if ema_decay else None
-    recipe = dict(steps=steps, batch_size=batch_size, lr=lr, caption_dropout=caption_dropout, seed=seed, warmup=warmup,  # what makes the run (compile: same math)
-                  ema_decay=ema_decay, frame_diff_weight=frame_diff_weight, image_fraction=image_fraction, image_batch=n_img,
-                  videos=list(videos.shape), transformer={k: list(v) if isinstance(v, tuple) else v for k, v in
-                                                           pipe.transformer.config.items() if not k.startswith('_')})
-    if ckpt_dir and (Path(ckpt_dir)/'state.pt').exists() and (Path(ckpt_dir)/'model').exists():
-        st = torch.load(Path(ckpt_dir)/'state.pt', weights_only=True, map_location=pipe.device)  # a checkpoint of another device resumes
-        _check_recipe(st.get('recipe'), recipe, ckpt_dir)
-        saved = load_backbone(Path(ckpt_dir)/'model')
-        pipe.transformer.load_state_dict(saved.transformer.state_dict()); pipe.text_encoder.load_state_dict(saved.text_encoder.state_dict())
-        opt.load_state_dict(st['optimizer']); start, log = st['step'], st['log']
-        if ema is not None:
-            if st.get('ema') is None: raise ValueError(f"{ckpt_dir}: the checkpoint has no EMA weights; resume with ema_decay=0 or use a new ckpt_dir")
-            ema = list(st['ema'])
-        for _ in range(start): sched.step()
-    pipe.transformer.train(); pipe.text_encoder.train()
-    with compiled(pipe, compile):                                   # same parameters, so checkpoints and the EMA see no difference
-        bar = tqdm(range(start, steps), desc='pretraining', disable=not progress, initial=start, total=steps)
-        for step in bar:
-            g = np.random.default_rng([seed, step])
-            image = bool(image_fraction) and g.random() < image_fraction  # no draw at 0: the video-only run is unchanged
-            n = n_img if image else batch_size
-            idx = g.choice(len(videos), n, replace=len(videos) < n)
-            caps = ['' if g.random() < caption_dropout else captions[i] for i in idx]
-            x = videos[idx, g.integers(videos.shape[1], size=n)][:, None] if image else videos[idx]   # image step: one random frame each
-            loss = pipe.training_loss(x, caps, generator=torch.Generator().manual_seed(int(g.integers(2**31))),
-                                      frame_diff_weight=frame_diff_weight)
-            if not torch.isfinite(loss): raise FloatingPointError(f"pretraining: loss is {loss.item()} at step {step}; last good checkpoint in {ckpt_dir}")
-            opt.zero_grad(set_to_none=True); loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step(); sched.step()
-            if ema is not None:                                          # θ_ema ← d·θ_ema + (1−d)·θ, d warmed up as (1+s)/(10+s)
-                d = min(ema_decay, (1 + step)/(10 + step))
-                with torch.no_grad():
-                    for e, p in zip(ema, params): e.lerp_(p.detach(), 1 - d)
-            log.append(dict(step=step + 1, loss=loss.item(), lr=sched.get_last_lr()[0]) | ({'image': image} if image_fraction else {}))
-            bar.set_postfix(loss=f'{np.mean([l["loss"] for l in log[-50:] if not l.get("image")] or [np.nan]):.4f}')
-            if ckpt_dir and ((step + 1) % save_every == 0 or step + 1 == steps):
-                save_backbone(pipe, Path(ckpt_dir)/'model'); _save_state(opt, step + 1, log, ckpt_dir, ema, recipe)
-            if callback: callback(step + 1, log[-1])
-    if ema is not None:                                              # the returned model carries the EMA weights
-        with torch.no_grad():
-            for e, p in zip(ema, params): p.copy_(e)
-    pipe.transformer.eval(); pipe.text_encoder.eval()
-    return log
-
-# %% ../nbs/10_backbone.ipynb #f66d2992
-def prompt_following(scorer, videos: Sequence[np.ndarray], prompts: Sequence[str], template: int = 0) -> dict:
-    "Action and scene top-1 of `videos` by a CLIP `scorer`, among captions that differ from each prompt only in that factor."
-    from dataclasses import replace
-    from magicid import world
-    if len(videos) != len(prompts): raise ValueError(f"videos ({len(videos)}) and prompts ({len(prompts)}) differ in number")
-    acts, scs = list(world.ACTIONS), list(world.SCENES)
-    anyone = world.sample_identities('eval', 1, 0)[0]             # captions of 'a person' do not describe the identity
-    V = scorer.embed_videos(list(videos))
-    rows = []
-    for v, p in zip(V, prompts):
-        q = world.parse_prompt(p)
-        sp = world.sample_spec(anyone, np.random.default_rng(0), q['action'], q['scene'], q['colour'], q['garment'])
-        E = scorer.embed_text([world.caption(replace(sp, action=a), template, q['token']) for a in acts] +
-                              [world.caption(replace(sp, scene=s), template, q['token']) for s in scs]) @ v
-        rows.append(dict(action=q['action'], scene=q['scene'], action_pred=acts[int(E[:len(acts)].argmax())],
-                         scene_pred=scs[int(E[len(acts):].argmax())]))
-    return dict(rows=rows, action_top1=float(np.mean([r['action'] == r['action_pred'] for r in rows])),
-                scene_top1=float(np.mean([r['scene'] == r['scene_pred'] for r in rows])))
-
-def frame_consistency(encoder, video: np.ndarray) -> float:
-    "ID consistency across frames: mean similarity of frames 2…F with frame 1 (per_frame_similarity of `identity`)."
-    from magicid.identity import per_frame_similarity
-    e = encoder.embed(np.asarray(video), kind='frame')
-    return float(np.nanmean(per_frame_similarity(e[1:], e[:1], encoder.metric))) if len(e) > 1 else 1.0
-
-def video_identity_embeddings(encoder, videos: Sequence[np.ndarray]) -> np.ndarray:
-    "One identity embedding per video: the L2-normalised mean of its frames' embeddings."
-    from magicid.identity import l2_normalize
-    return np.stack([l2_normalize(np.nanmean(encoder.embed(np.asarray(v), kind='frame'), 0)) for v in videos])
-
-def mean_offdiag_similarity(emb: np.ndarray) -> float:
-    "Mean cosine similarity over distinct pairs of rows of `emb` (L2-normalised)."
-    n = len(emb)
-    if n < 2: raise ValueError(f"emb: need at least 2 rows, got {n}")
-    S = emb @ emb.T
-    return float((S.sum() - np.trace(S))/(n*(n - 1)))

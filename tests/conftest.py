@@ -1,11 +1,33 @@
-"""Shared test set-up: reports go to a temporary folder, never into the checked-in reports/."""
-import os, tempfile
+"""Shared test set-up: reports go to a temporary folder, never into the checked-in reports/; torch's structured trace
+stays out of test output; the tiny random backbone the tests build, in one place."""
+import logging, os, tempfile
 from pathlib import Path
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # set at import time, before any notebook or subprocess reads it
 os.environ['MAGICID_REPORTS_DIR'] = tempfile.mkdtemp(prefix='magicid-reports-')
 os.environ.setdefault('MPLBACKEND', 'Agg')
+# torch.compile logs its structured trace (for TORCH_TRACE / tlparse files) at DEBUG to the logger 'torch.__trace';
+# pytest captures every level and printed ~220 of those lines with a failing compile test. Off unless TORCH_TRACE asks.
+if not os.environ.get('TORCH_TRACE'):
+    logging.getLogger('torch.__trace').disabled = True
+
+
+@pytest.fixture(scope='session')
+def small_pipe():
+    "A factory: `small_pipe(seed=0, **cfg_overrides)` builds a fresh `BackboneConfig.small` backbone (1 layer, random)."
+    from magicid.backbone import BackboneConfig, build_tiny    # lazy: the backbone's imports (diffusers, transformers) only for tests that use it
+    def make(seed: int = 0, **cfg_overrides):
+        return build_tiny(BackboneConfig.small(**cfg_overrides), seed=seed)
+    return make
+
+
+@pytest.fixture(scope='session')
+def small_backbone_dir(small_pipe, tmp_path_factory):
+    "A saved `BackboneConfig.small` backbone (seed 1), to load with `load_backbone`; tests must not write into it."
+    from magicid.backbone import save_backbone                 # lazy: as above
+    return save_backbone(small_pipe(seed=1), tmp_path_factory.mktemp('small-backbone')/'backbone')
 
 def pytest_collection_modifyitems(config, items):
     """The smoke chain (`tests/test_runner.py::test_smoke_chain_end_to_end`) executes every cell of every notebook of

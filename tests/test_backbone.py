@@ -1,4 +1,4 @@
-"""Integration tests of magicid.backbone: the real-model code path (a diffusers `WanPipeline` folder with a VAE, on tiny
+"""Integration tests of magicid.backbone, magicid.lora and magicid.pretrain: the real-model code path (a diffusers `WanPipeline` folder with a VAE, on tiny
 random configs), the precision / checkpointing / text-cache options, LoRA plumbing against diffusers' own loaders,
 bad inputs, the save/load round trip and the shipped tiny backbone. Everything is tiny and runs on a CPU."""
 import json
@@ -7,9 +7,10 @@ import pytest
 import torch
 from magicid import backbone as B
 from magicid.core import repo_root, verify_weights
+from magicid.lora import LORA_FILE, LORA_TARGETS, add_lora, lora_disabled, load_lora, save_lora
+from magicid.pretrain import PretrainConfig, pretrain, render_dataset
 
 PROMPT = 'a person nods wearing a red jacket in a forest'
-SMALL = dict(layers=1, head_dim=8, ffn_dim=32)               # a 1-layer pixel-space backbone: milliseconds per call
 Z = 4                                                        # latent channels of the tiny VAE
 LAT_MEAN, LAT_STD = [0.1, -0.2, 0.3, 0.0], [1.5, 0.8, 1.2, 2.0]
 
@@ -191,8 +192,8 @@ def test_cached_text_embeddings(wan):
 # ---------------------------------------------------------------- LoRA plumbing
 
 @pytest.fixture(scope='module')
-def tiny_dir(tmp_path_factory):
-    return B.save_backbone(B.build_tiny(B.BackboneConfig(**SMALL)), tmp_path_factory.mktemp('tiny')/'backbone')
+def tiny_dir(small_backbone_dir):
+    return small_backbone_dir
 
 
 @pytest.fixture(scope='module')
@@ -201,51 +202,51 @@ def lora(tiny_dir, tmp_path_factory):
     p = B.load_backbone(tiny_dir)
     x, t, e = _inputs(p)
     with torch.no_grad(): base = p.predict(x, t, e)
-    params = B.add_lora(p, rank=4)
+    params = add_lora(p, rank=4)
     with torch.no_grad():
         for q in params: q.add_(0.1*torch.randn_like(q))
         tuned = p.predict(x, t, e)
-    d = B.save_lora(p, tmp_path_factory.mktemp('lora'))
+    d = save_lora(p, tmp_path_factory.mktemp('lora'))
     return dict(pipe=p, params=params, x=x, t=t, e=e, base=base, tuned=tuned, dir=d)
 
 
-def test_add_lora_trains_only_the_adapter(lora):
+def test_add_lora_trains_only_the_adapter(lora, small_pipe):
     p, params = lora['pipe'], lora['params']
     trainable = [n for n, q in p.transformer.named_parameters() if q.requires_grad]
-    assert len(trainable) == len(params) == 2*len(B.LORA_TARGETS)*len(p.transformer.blocks)*2   # A and B, attn1 and attn2
+    assert len(trainable) == len(params) == 2*len(LORA_TARGETS)*len(p.transformer.blocks)*2   # A and B, attn1 and attn2
     assert all('lora_' in n and '.default.' in n for n in trainable)
     assert not any(q.requires_grad for q in p.text_encoder.parameters())
-    with pytest.raises(ValueError, match='rank=0 must be >= 1'): B.add_lora(B.build_tiny(B.BackboneConfig(**SMALL)), rank=0)
+    with pytest.raises(ValueError, match='rank=0 must be >= 1'): add_lora(small_pipe(), rank=0)
 
 
 def test_lora_disabled_is_exactly_the_base_model(lora):
     p = lora['pipe']
     with torch.no_grad():
         assert not torch.allclose(p.predict(lora['x'], lora['t'], lora['e']), lora['base'])
-        with B.lora_disabled(p): assert torch.equal(p.predict(lora['x'], lora['t'], lora['e']), lora['base'])
+        with lora_disabled(p): assert torch.equal(p.predict(lora['x'], lora['t'], lora['e']), lora['base'])
         assert torch.equal(p.predict(lora['x'], lora['t'], lora['e']), lora['tuned'])       # re-enabled on exit
 
 
 def test_save_lora_then_load_lora_gives_the_same_model(lora, tiny_dir):
     from safetensors.torch import load_file
-    keys = list(load_file(lora['dir']/B.LORA_FILE))
+    keys = list(load_file(lora['dir']/LORA_FILE))
     assert keys and all(k.startswith('transformer.') for k in keys)
-    fresh = B.load_lora(B.load_backbone(tiny_dir), lora['dir'])
+    fresh = load_lora(B.load_backbone(tiny_dir), lora['dir'])
     with torch.no_grad(): torch.testing.assert_close(fresh.predict(lora['x'], lora['t'], lora['e']), lora['tuned'], rtol=1e-5, atol=1e-6)
-    with pytest.raises(FileNotFoundError, match='no pytorch_lora_weights.safetensors'): B.load_lora(fresh, tiny_dir)
+    with pytest.raises(FileNotFoundError, match='no pytorch_lora_weights.safetensors'): load_lora(fresh, tiny_dir)
 
 
 def test_saved_lora_loads_with_diffusers_own_loaders(lora, tiny_dir):
     from diffusers import WanPipeline
     x, t, e = lora['x'], lora['t'], lora['e']
     tr = B.load_backbone(tiny_dir).transformer
-    tr.load_lora_adapter(lora['dir'], weight_name=B.LORA_FILE, prefix='transformer')
+    tr.load_lora_adapter(lora['dir'], weight_name=LORA_FILE, prefix='transformer')
     with torch.no_grad():
         torch.testing.assert_close(tr(x, timestep=t*1000, encoder_hidden_states=e).sample, lora['tuned'], rtol=1e-5, atol=1e-6)
     fresh = B.load_backbone(tiny_dir)
     wp = WanPipeline(tokenizer=fresh.tokenizer, text_encoder=fresh.text_encoder, vae=None, scheduler=fresh.scheduler,
                      transformer=fresh.transformer)
-    wp.load_lora_weights(lora['dir'], weight_name=B.LORA_FILE)
+    wp.load_lora_weights(lora['dir'], weight_name=LORA_FILE)
     with torch.no_grad():
         torch.testing.assert_close(wp.transformer(x, timestep=t*1000, encoder_hidden_states=e).sample, lora['tuned'], rtol=1e-5, atol=1e-6)
 
@@ -254,15 +255,15 @@ def test_wan_lora_round_trips_through_diffusers_wan_pipeline(wan_dirs, tmp_path)
     "LoRA on the real-layout (VAE) pipeline, read back by `WanPipeline.from_pretrained(folder).load_lora_weights`."
     from diffusers import WanPipeline
     p = B.load_backbone(wan_dirs['unipc'])
-    params = B.add_lora(p, rank=2)
+    params = add_lora(p, rank=2)
     with torch.no_grad():
         for q in params: q.add_(0.1*torch.randn_like(q))
     torch.manual_seed(0)
     x, t, e = torch.randn(1, Z, 2, 2, 2), p.sample_t(1), p.encode_prompt([PROMPT])
     with torch.no_grad(): tuned = p.predict(x, t, e)
-    B.save_lora(p, tmp_path)
+    save_lora(p, tmp_path)
     wp = WanPipeline.from_pretrained(wan_dirs['unipc'])
-    wp.load_lora_weights(tmp_path, weight_name=B.LORA_FILE)
+    wp.load_lora_weights(tmp_path, weight_name=LORA_FILE)
     with torch.no_grad():
         torch.testing.assert_close(wp.transformer(x, timestep=t*1000, encoder_hidden_states=e).sample, tuned, rtol=1e-5, atol=1e-6)
 
@@ -305,25 +306,36 @@ def test_height_not_divisible_by_the_patch_is_named(tiny):
     with pytest.raises(ValueError, match='height'): tiny([PROMPT], steps=1, height=30, width=30, progress=False)
 
 
-def test_frames_not_divisible_by_the_temporal_patch_are_named():
-    p = B.build_tiny(B.BackboneConfig(patch=(2, 4, 4), **SMALL))
+def test_frames_not_divisible_by_the_temporal_patch_are_named(small_pipe):
+    p = small_pipe(patch=(2, 4, 4))
     with pytest.raises(ValueError, match=r"num_frames=7 must be a multiple of 2 \(the transformer's temporal patch 2\)"):
         p([PROMPT], num_frames=7, steps=1, progress=False)
     assert p([PROMPT], num_frames=6, steps=1, progress=False).shape == (1, 6, 32, 32, 3)
 
 
-def test_compiled_pretraining_is_the_eager_run(tmp_path):
-    "`pretrain(compile=True)` (tiny.yaml's retrain) trains the same weights as eager and checkpoints the plain module."
-    cfg = B.BackboneConfig(patch=(2, 4, 4), **SMALL)
-    v, _, c = B.render_dataset(8, 0, progress=False)
-    runs = {}
+def test_compiled_pretraining_is_the_eager_run(tmp_path, small_pipe):
+    """`pretrain(compile=True)` (tiny.yaml's retrain) trains the same weights as eager and checkpoints the plain module.
+
+    Compiled kernels sum floats in another order (it differs by instruction set: one weight of 1024 was 2.2e-5 off on an
+    Intel Xeon), and AdamW turns a near-zero gradient's rounding into a full-size step, so single weights are no
+    measure. The update θ − θ0 of the whole transformer is: float reordering moved it by 9e-4 of its norm (AMD, 3 steps),
+    and the tolerance is 1e-2, while a change of the math does not fit in it — the loss with frame_diff_weight 0.1
+    instead of 0 (one extra gradient term) moves the update by 0.31 of its norm and the loss curve by 18%, a gradient of
+    the wrong sign by 2.0 and 2.8%. The loss curves agree to 1.5e-7 (tolerance 1e-4)."""
+    cfg = dict(patch=(2, 4, 4))
+    v, _, c = render_dataset(8, 0, progress=False)
+    theta0 = torch.cat([q.detach().flatten() for q in small_pipe(**cfg).transformer.parameters()])
+    runs, logs = {}, {}
     for comp in (False, True):
-        p = B.build_tiny(cfg)
-        B.pretrain(p, v, c, steps=3, batch_size=2, ckpt_dir=tmp_path/str(comp), save_every=3, warmup=1, progress=False, compile=comp)
+        p = small_pipe(**cfg)
+        logs[comp] = pretrain(p, v, c, PretrainConfig(steps=3, batch_size=2, ckpt_dir=tmp_path/str(comp), save_every=3, warmup=1,
+                                                      progress=False, compile=comp))
         assert type(p.transformer).__name__ == 'WanTransformer3DModel'          # the compiled wrapper is gone after training
         runs[comp] = p
-    for (n, a), (_, b) in zip(runs[False].transformer.named_parameters(), runs[True].transformer.named_parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m: f'{n}: {m}')
+    np.testing.assert_allclose([r['loss'] for r in logs[True]], [r['loss'] for r in logs[False]], rtol=1e-4)   # the same loss curve
+    update = {k: torch.cat([q.detach().flatten() for q in runs[k].transformer.parameters()]) - theta0 for k in runs}
+    rel = float((update[True] - update[False]).norm()/update[False].norm())
+    assert update[False].norm() > 0 and rel < 1e-2, f'compiled and eager updates differ by {rel:.2e} of their norm'
     saved = B.load_backbone(tmp_path/'True'/'model')
     assert saved.config.patch == (2, 4, 4)
     for a, b in zip(saved.transformer.parameters(), runs[True].transformer.parameters()): torch.testing.assert_close(a, b)
@@ -392,9 +404,9 @@ def test_video_tensor_in_pixel_layout_is_named(tiny):
 # ---------------------------------------------------------------- save_backbone / load_backbone round trip
 
 @pytest.mark.parametrize('prediction', ['flow', 'eps'])
-def test_save_load_round_trip_is_identical(tmp_path, prediction):
+def test_save_load_round_trip_is_identical(tmp_path, prediction, small_pipe):
     from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
-    p = B.build_tiny(B.BackboneConfig(**SMALL, prediction=prediction), seed=5)
+    p = small_pipe(seed=5, prediction=prediction)
     d = B.save_backbone(p, tmp_path/'bb')
     B.save_backbone(p, d)                                    # over an existing folder: replaced, no temp folder left
     assert sorted(x.name for x in tmp_path.iterdir()) == ['bb']
