@@ -3,6 +3,7 @@ stays out of test output; the tiny random backbone the tests build, in one place
 import logging, os, tempfile
 from pathlib import Path
 import pytest
+from magicid.core import load_chain
 
 ROOT = Path(__file__).resolve().parent.parent
 # set at import time, before any notebook or subprocess reads it
@@ -34,7 +35,6 @@ def pytest_collection_modifyitems(config, items):
     the chain, checks included; when it is collected, the same notebooks are not run a second time by
     `tests/test_notebooks.py` (which still runs them when selected on their own, e.g. `-k 03_identity`)."""
     if not any(i.name == 'test_smoke_chain_end_to_end' for i in items): return
-    from magicid.core import load_chain
     chain = set(load_chain())
     covered = [i for i in items if i.originalname == 'test_notebook' and i.callspec.id in chain]
     if covered:
