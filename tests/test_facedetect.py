@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 from magicid import world
-from magicid.facedetect import (DETECTOR_FILES, NoFaceError, background_images, box_iou, check_faces, default_weights_dir,
+from magicid.facedetect import (DETECTOR_FILES, background_images, box_iou, check_faces, default_weights_dir,
                                 faceless, load_face_detector, reference_images_with_boxes)
-from magicid.identity import write_random_insightface_pack
+from magicid.identity import NoFaceError, write_random_insightface_pack
 from magicid.media import load_images
 
 
