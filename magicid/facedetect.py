@@ -4,7 +4,7 @@
 
 # %% ../nbs/02b_facedetect.ipynb #1d0875b2
 from __future__ import annotations
-import json, time
+import json, shutil, time
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 from typing import Sequence
@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 from . import world
 from .core import SCALES, check_choice, repo_root, atomic_path, atomic_write, write_weights_readme, verify_weights
 from .checkpoint import load_checkpoint, save_checkpoint, save_due
@@ -273,7 +275,6 @@ def train_face_detector(cfg: DetectorTrainConfig, pools: dict | None = None, ckp
                         max_seconds: float | None = None, log_every: int = 100, progress: bool = True) -> tuple[TinyFaceNet, list[dict]]:
     """Train the tiny detector on `pools` (default: `render_pools(cfg)`); resume from `ckpt_dir` if it holds a checkpoint.
     With `max_seconds`, stop (saving a checkpoint) once that much wall time has passed: re-run to continue. → (net, log)."""
-    from tqdm.auto import tqdm   # lazy: only the trainer shows a bar
     settings = asdict(cfg)
     torch.manual_seed(cfg.seed)
     net = TinyFaceNet(cfg.net)
@@ -335,7 +336,6 @@ def default_weights_dir() -> Path:
 
 def save_face_detector(net: TinyFaceNet, folder, threshold: float, info: dict | None = None, notes: str = '') -> list[Path]:
     "Write the weights (safetensors), the JSON record (architecture, threshold, `info`) and README.md with their sha256."
-    from safetensors.torch import save_file   # lazy: only writing weights needs it
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     w, j = folder/DETECTOR_FILES[0], folder/DETECTOR_FILES[1]
     with atomic_path(w) as tmp: save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp))
@@ -345,7 +345,6 @@ def save_face_detector(net: TinyFaceNet, folder, threshold: float, info: dict | 
 
 def load_tiny_face_detector(weights_dir=None) -> TinyFaceDetector:
     "The shipped tiny detector of `weights_dir` (default data/face_detector/), its files checked against README.md's sha256."
-    from safetensors.torch import load_file   # lazy: as save_face_detector
     folder = Path(weights_dir) if weights_dir is not None else default_weights_dir()
     missing = [f for f in DETECTOR_FILES if not (folder/f).is_file()]
     if missing: raise FileNotFoundError(f"weights_dir={str(folder)!r}: missing {', '.join(missing)}; set weights_dir to the folder "
@@ -424,7 +423,6 @@ def validation_rows(detector: TinyFaceDetector, sets: dict) -> list[dict]:
 def retrain_face_detector(folder=None, cfg: DetectorTrainConfig | None = None, n_dev_ids: int = 100, n_dev_neg: int = 100,
                           max_seconds: float | None = None, progress: bool = True) -> dict | None:
     "Train (one thread), choose the threshold on 'dev', ship into `folder` (default data/face_detector/); None if stopped by `max_seconds`."
-    import shutil   # lazy: only for removing the finished checkpoint
     folder, cfg = Path(folder) if folder is not None else default_weights_dir(), cfg or DetectorTrainConfig()
     threads = torch.get_num_threads(); torch.set_num_threads(1)
     try:
