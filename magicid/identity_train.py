@@ -4,7 +4,7 @@
 
 # %% ../nbs/03a_identity_training.ipynb #f2b9b019
 from __future__ import annotations
-import hashlib, json, math, os, time
+import json, math, os, time
 import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, asdict
@@ -16,13 +16,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from . import world
-from .checkpoint import load_checkpoint, save_checkpoint, save_due
+from .checkpoint import data_fingerprint, load_checkpoint, save_checkpoint, save_due
 from .core import atomic_write, check_choice, sha256_file
-from .identity import ID_ENCODER_DIR, RETRAIN_COMMAND, TINY_ENCODER_FILES, _export_onnx
+from .identity import RETRAIN_COMMAND, TINY_ENCODER_FILES, _export_onnx
 
 # %% auto #0
 __all__ = ['TINY_ENCODERS', 'IDNetSpec', 'TinyIDNet', 'ArcFaceLoss', 'to_model_input', 'IDTrainConfig', 'render_id_dataset',
-           'data_fingerprint', 'train_id_encoder', 'export_id_encoder', 'write_id_encoder_readme']
+           'train_id_encoder', 'export_id_encoder', 'write_id_encoder_readme']
 
 # %% ../nbs/03a_identity_training.ipynb #fb84c4be
 @dataclass
@@ -146,13 +146,6 @@ def render_id_dataset(split: str, n_ids: int, videos_per_id: int, frames_per_vid
     return np.concatenate([r[0] for r in res]), np.concatenate([r[1] for r in res]), factors
 
 # %% ../nbs/03a_identity_training.ipynb #1da5dbd2
-def data_fingerprint(*arrays: np.ndarray) -> str:
-    "sha256 (16 hex digits) of arrays' dtypes, shapes and bytes: which training data a checkpoint was made on."
-    h = hashlib.sha256()
-    for x in arrays:
-        x = np.ascontiguousarray(x); h.update(f'{x.dtype}{x.shape}'.encode()); h.update(x.data)
-    return h.hexdigest()[:16]
-
 def train_id_encoder(cfg: IDTrainConfig, images: np.ndarray, labels: np.ndarray, factors: np.ndarray,
                      ckpt_dir: str | os.PathLike | None = None, save_every: int = 500, threads: int = 1, log_every: int = 200):
     """Train a `TinyIDNet` with ArcFace (+ factor heads) on images (N, H, W, 3) uint8; return (model in eval mode, log rows).
