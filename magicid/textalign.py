@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Sequence
 import numpy as np
 from .core import check_choice, repo_root, sha256_file
-from .world import (ACTIONS, COLOURS, FACTORS, GARMENTS, SCENES, TEMPLATES, Identity, caption, render,
-                           sample_identities, sample_spec)
+from .world import (ACTIONS, COLOURS, FACTORS, GARMENTS, SCENES, TEMPLATES, Identity, caption, sample_identities,
+                           sample_spec)
+from .world_render import render
 
 # %% auto #0
 __all__ = ['RARE_TOKENS', 'PAD', 'UNK', 'BOS', 'EOS', 'SPECIAL_TOKENS', 'MAX_TEXT_LEN', 'PARTIAL_TEMPLATES', 'WORLD_MEAN',

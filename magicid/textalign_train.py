@@ -17,7 +17,8 @@ from .checkpoint import load_checkpoint, save_checkpoint, save_due
 from .core import atomic_path, atomic_write, check_choice, sha256_file
 from .textalign import (FRAME_ENCODINGS, MAX_TEXT_LEN, PARTIAL_TEMPLATES, RARE_TOKENS, RETRAIN_COMMAND, WORLD_MEAN,
                                WORLD_STD, _with, build_tokenizer, grammar_words, identity_phrases, tiny_clip_config, to_pixels)
-from .world import ACTIONS, COLOURS, FACTORS, SCENES, TEMPLATES, render, sample_identities, sample_spec, subject
+from .world import ACTIONS, COLOURS, FACTORS, SCENES, TEMPLATES, sample_identities, sample_spec, subject
+from .world_render import render
 
 # %% auto #0
 __all__ = ['WEIGHTS_FILE', 'training_captions', 'ClipTrainConfig', 'render_training_set', 'clip_loss', 'train_tiny_clip',
