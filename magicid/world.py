@@ -14,7 +14,8 @@ from .core import atomic_write, check_choice
 # %% auto #0
 __all__ = ['FACTORS', 'N_IDENTITIES', 'SPLITS', 'ACTIONS', 'SCENES', 'COLOURS', 'GARMENTS', 'EXPRESSIONS', 'FPS', 'TEMPLATES',
            'Identity', 'sample_identities', 'Lighting', 'VideoSpec', 'sample_spec', 'motion', 'subject', 'caption',
-           'parse_prompt', 'world_prompts', 'write_prompt_files', 'read_prompts']
+           'parse_prompt', 'world_prompts', 'write_prompt_files', 'read_prompts', 'SKIN', 'HAIR', 'EYES', 'Rendered',
+           'render', 'render_prompt', 'reference_images', 'inflate']
 
 # %% ../nbs/02_world.ipynb #60506308
 FACTORS = {
@@ -250,7 +251,8 @@ def read_prompts(path) -> list[str]:
     return out
 
 # %% ../nbs/02_world.ipynb #d1fae1de
-_RENDERER = ('SKIN', 'HAIR', 'EYES', 'Rendered', 'render', 'render_prompt', 'reference_images', 'inflate')
+_all_ = ['SKIN', 'HAIR', 'EYES', 'Rendered', 'render', 'render_prompt', 'reference_images', 'inflate']   # in __all__ too
+_RENDERER = tuple(_all_)
 
 def __getattr__(name: str):
     "The renderer's public names (`magicid.world_render`), importable from `magicid.world`."
