@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 from .core import check_choice
+from .media import check_video as _check_video
 
 # %% auto #0
 __all__ = ['DIS_PRESETS', 'DIS_ACCURATE', 'RAFT_INSTALL_HINT', 'FLOW_METHODS', 'DYNAMIC_UNITS', 'check_video', 'DISConfig',
@@ -17,8 +18,6 @@ __all__ = ['DIS_PRESETS', 'DIS_ACCURATE', 'RAFT_INSTALL_HINT', 'FLOW_METHODS', '
            'dynamic_degrees']
 
 # %% ../nbs/04_motion.ipynb #cee0c01f
-from .media import check_video as _check_video
-
 def check_video(video, name: str = 'video', min_frames: int = 2) -> np.ndarray:
     "`magicid.media.check_video` with at least `min_frames` (2: one pair of consecutive frames)."
     return _check_video(video, name, min_frames)

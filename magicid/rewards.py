@@ -12,6 +12,7 @@ from .core import check_choice
 from .media import load_video, load_images, check_video, check_images
 from .identity import identity_similarity, load_tiny_id_encoder, reference_embeddings
 from .textalign import load_tiny_clip
+from .motion import dynamic_degree
 
 # %% auto #0
 __all__ = ['RewardScale', 'affine_score', 'R_id_score', 'R_dy_score', 'R_sem_score', 'Rewarder', 'tiny_rewarder']
@@ -49,8 +50,6 @@ def R_sem_score(c: float, k: RewardScale = RewardScale(), rating: bool = False) 
     return affine_score(c, k.sem_lo, k.sem_hi)
 
 # %% ../nbs/08_rewards.ipynb #9c0a0682
-from .motion import dynamic_degree
-
 class Rewarder:
     "R_id, R_dy, R_sem of videos for one identity (its reference images) and prompt, from named instruments."
     def __init__(self, id_encoder, refs, semantic=None, flow='dis', scale: RewardScale = RewardScale(), vlm=None):
