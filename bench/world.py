@@ -1,10 +1,12 @@
-"""Renders per second of the world at 8×32×32 (and with ground truth), on this CPU. Prints JSON.
+"""Renders per second of the world at 8×32×32 (and with ground truth), on this CPU. Prints JSON lines: one per section
+as soon as it is measured (flushed, so an interrupted run keeps what it measured), then a summary line.
 
 Usage: .venv/bin/python bench/world.py [--n 200] [--frames 8] [--size 32]
 """
-import argparse, json, os, platform, time
+import argparse, os, platform, time
 import numpy as np
-from magicid import world
+from instruments import Sections          # bench/ is on the path when a script of it runs
+from magicid import world, world_render
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
@@ -12,11 +14,13 @@ def main():
     a = ap.parse_args()
     rng = np.random.default_rng(0)
     specs = [world.sample_spec(i, rng, frames=a.frames, size=a.size) for i in world.sample_identities('pretrain', a.n, 0)]
-    world.render(specs[0])                                     # warm-up
-    t0 = time.perf_counter(); [world.render(s, ground_truth=False) for s in specs]; plain = time.perf_counter() - t0
-    t0 = time.perf_counter(); [world.render(s) for s in specs]; gt = time.perf_counter() - t0
-    print(json.dumps(dict(bench='world.render', videos=a.n, frames=a.frames, size=a.size, processes=1,
-                          videos_per_s=round(a.n/plain, 1), videos_per_s_with_ground_truth=round(a.n/gt, 1),
-                          cpu_count=os.cpu_count(), machine=platform.machine())))
+    world_render.render(specs[0])                              # warm-up
+    rep = Sections('world.render', videos=a.n, frames=a.frames, size=a.size, processes=1, cpu_count=os.cpu_count(),
+                   machine=platform.machine())
+    def measure(rep):
+        for section, gt in (('plain', False), ('with_ground_truth', True)):
+            t0 = time.perf_counter(); [world_render.render(s, ground_truth=gt) for s in specs]
+            rep(section, videos_per_s=round(a.n/(time.perf_counter() - t0), 1))
+    rep.run(measure)
 
 if __name__ == '__main__': main()

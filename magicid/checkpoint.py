@@ -4,14 +4,15 @@
 
 # %% ../nbs/00a_checkpoint.ipynb #ffad3aa5
 from __future__ import annotations
-import math, os
+import hashlib, math, os
 from pathlib import Path
 from typing import Any, Callable
+import numpy as np
 import torch
 from .core import atomic_path
 
 # %% auto #0
-__all__ = ['STATE_FILE', 'settings_diff', 'checkpoint_file', 'load_checkpoint', 'save_checkpoint', 'save_due']
+__all__ = ['STATE_FILE', 'settings_diff', 'data_fingerprint', 'checkpoint_file', 'load_checkpoint', 'save_checkpoint', 'save_due']
 
 # %% ../nbs/00a_checkpoint.ipynb #12f48658
 STATE_FILE = 'state.pt'  # the checkpoint file inside ckpt_dir
@@ -33,6 +34,14 @@ def settings_diff(saved: dict, current: dict) -> list[str]:
         same = (a == b) or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
         if not same: out.append(f"{k}: {a!r} → {b!r}")
     return out
+
+# %% ../nbs/00a_checkpoint.ipynb #bfd29cb4
+def data_fingerprint(*arrays) -> str:
+    "sha256 (16 hex digits) of the arrays' dtypes, shapes and bytes: which training data a checkpoint was made on."
+    h = hashlib.sha256()
+    for x in arrays:
+        x = np.ascontiguousarray(x); h.update(f'{x.dtype}{x.shape}'.encode()); h.update(x.data)
+    return h.hexdigest()[:16]
 
 # %% ../nbs/00a_checkpoint.ipynb #ccea609e
 def checkpoint_file(ckpt_dir) -> Path | None:

@@ -4,15 +4,20 @@
 
 # %% ../nbs/06_fvd.ipynb #b79d57b3
 from __future__ import annotations
-import hashlib, json, math, os, time
+import json, math
 from contextlib import contextmanager
-from dataclasses import dataclass, asdict, field
+from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Protocol, Sequence, runtime_checkable
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from . import world
+from .checkpoint import data_fingerprint, load_checkpoint, save_checkpoint, save_due
+from .core import atomic_path, atomic_write, repo_root, sha256_file
 
 # %% auto #0
 __all__ = ['FVD_MINI_FILES', 'RETRAIN_COMMAND', 'frechet_distance', 'stats', 'check_videos', 'VideoFeatures', 'FvdMiniConfig',
@@ -172,13 +177,10 @@ class TinyVideoFeatures:
 
 def default_weights_dir() -> Path:
     "data/video_features/ of the checkout."
-    from magicid.core import repo_root
     return repo_root()/'data'/'video_features'
 
 def save_fvd_mini(net: FvdMiniNet, folder, info: dict | None = None) -> list[Path]:
     "Write FVD-mini's weights (safetensors) and config + `info` (JSON) into `folder`, atomically."
-    from safetensors.torch import save_file
-    from magicid.core import atomic_path, atomic_write
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     w, j = folder/FVD_MINI_FILES[0], folder/FVD_MINI_FILES[1]
     with atomic_path(w) as tmp: save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp))
@@ -187,7 +189,6 @@ def save_fvd_mini(net: FvdMiniNet, folder, info: dict | None = None) -> list[Pat
 
 def load_tiny_video_features(weights_dir=None, batch_size: int = 64, device: str = 'cpu') -> TinyVideoFeatures:
     "Load FVD-mini from `weights_dir` (default data/video_features/) as a `VideoFeatures` extractor."
-    from safetensors.torch import load_file
     folder = Path(weights_dir) if weights_dir is not None else default_weights_dir()
     missing = [f for f in FVD_MINI_FILES if not (folder/f).is_file()]
     if missing:
@@ -204,8 +205,6 @@ def load_tiny_video_features(weights_dir=None, batch_size: int = 64, device: str
 def render_labelled(n: int, seed: int, splits: Sequence[str] = ('pretrain', 'instrument'), frames: int = 8, size: int = 32,
                     progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "`n` world videos (N, F, H, W, 3) of identities from `splits`, actions cycled; with action and scene indices."
-    from magicid import world
-    from tqdm.auto import tqdm
     if n < 1: raise ValueError(f"n={n} must be >= 1")
     per = [n//len(splits) + (i < n % len(splits)) for i in range(len(splits))]
     ids = [i for s, k in zip(splits, per) for i in world.sample_identities(s, k, seed)]
@@ -229,9 +228,10 @@ def _shift(x: torch.Tensor, rng: np.random.Generator, pad: int = 2) -> torch.Ten
 
 def train_fvd_mini(videos: np.ndarray, actions: np.ndarray, scenes: np.ndarray, cfg: FvdMiniConfig | None = None,
                    steps: int = 2000, batch_size: int = 32, lr: float = 2e-3, weight_decay: float = 1e-4, seed: int = 0,
-                   checkpoint=None, checkpoint_every: int = 250, log_every: int = 50, progress: bool = True):
-    "Train FVD-mini on labelled clips (action + scene cross-entropy); resume from `checkpoint` if it exists. → (net, log)."
-    from tqdm.auto import tqdm
+                   ckpt_dir=None, save_every: int = 250, log_every: int = 50, progress: bool = True):
+    """Train FVD-mini on labelled clips (action + scene cross-entropy) → (net, log). With `ckpt_dir`: `state.pt` every
+    `save_every` optimizer steps and at the last; a run resumes from it and refuses one of other settings (the net's
+    config, `steps` — the one-cycle schedule is built for it —, batch size, lr, weight decay, seed, the data)."""
     cfg = cfg or FvdMiniConfig(frames=videos.shape[1], size=videos.shape[2])
     check_videos(videos, 'videos', frames=cfg.frames)
     if not (len(videos) == len(actions) == len(scenes)):
@@ -241,33 +241,30 @@ def train_fvd_mini(videos: np.ndarray, actions: np.ndarray, scenes: np.ndarray, 
     net = FvdMiniNet(cfg)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    settings = dict(net=asdict(cfg), steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
+                    data=data_fingerprint(videos, actions, scenes))
     start, log = 0, []
-    ckpt = Path(checkpoint) if checkpoint else None
-    if ckpt and ckpt.is_file():
-        st = torch.load(ckpt, weights_only=True)
-        if st['config'] == json.dumps(asdict(cfg)) and st['steps'] == steps and st['seed'] == seed:
-            net.load_state_dict(st['model']); opt.load_state_dict(st['opt']); sched.load_state_dict(st['sched'])
-            start, log = st['step'], json.loads(st['log'])
-            print(f'resuming FVD-mini training from {ckpt} at step {start}')
+    st = load_checkpoint(ckpt_dir, settings, 'FVD-mini')
+    if st:
+        net.load_state_dict(st['model']); opt.load_state_dict(st['optimizer']); sched.load_state_dict(st['sched'])
+        start, log = st['step'], st['log']
     a_t, s_t = torch.as_tensor(actions), torch.as_tensor(scenes)
     net.train()
     bar = tqdm(range(start, steps), desc='train FVD-mini', disable=not progress, initial=start, total=steps)
-    for step in bar:
-        rng = np.random.default_rng([seed, step])                # the batch is a function of (seed, step): exact resume
+    for i in bar:                                                # i optimizer steps done before this one
+        rng = np.random.default_rng([seed, i])                   # the batch is a function of (seed, step): exact resume
         idx = rng.integers(len(videos), size=batch_size)
         x = _shift(to_clip_tensor(videos[idx]), rng)
         _, la, ls = net(x)
         loss_a, loss_s = F.cross_entropy(la, a_t[idx]), F.cross_entropy(ls, s_t[idx])
         opt.zero_grad(); (loss_a + loss_s).backward(); opt.step(); sched.step()
-        if step % log_every == 0 or step == steps - 1:
+        step = i + 1                                             # optimizer steps done
+        if save_due(step, steps, log_every):
             log.append(dict(step=step, loss_action=loss_a.item(), loss_scene=loss_s.item(), lr=sched.get_last_lr()[0],
                             acc_action=(la.argmax(1) == a_t[idx]).float().mean().item()))
             bar.set_postfix(loss_action=f'{loss_a.item():.3f}', loss_scene=f'{loss_s.item():.3f}')
-        if ckpt and ((step + 1) % checkpoint_every == 0) and step + 1 < steps:
-            from magicid.core import atomic_path
-            with atomic_path(ckpt) as tmp:
-                torch.save(dict(model=net.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(), step=step + 1,
-                                steps=steps, seed=seed, config=json.dumps(asdict(cfg)), log=json.dumps(log)), tmp)
+        if ckpt_dir is not None and save_due(step, steps, save_every):
+            save_checkpoint(ckpt_dir, step, settings, model=net.state_dict(), optimizer=opt.state_dict(), sched=sched.state_dict(), log=log)
     net.eval()
     return net, log
 
@@ -282,11 +279,8 @@ def classify(net: FvdMiniNet, videos: np.ndarray, batch_size: int = 128) -> tupl
         pa.append(la.argmax(1).numpy()); ps.append(ls.argmax(1).numpy())
     return np.concatenate(pa), np.concatenate(ps)
 
-from .core import sha256_file
-
 def write_weights_readme(folder, info: dict) -> Path:
     "data/video_features/README.md: what the files are, their sha256, and the command that re-trains them."
-    from magicid.core import atomic_write
     folder = Path(folder)
     lines = ['# FVD-mini — tiny video features for FVD in the world', '',
              'A 3D CNN (4 blocks of 3×3×3 conv + GroupNorm + ReLU, 32/64/128/128 channels, global average pool) trained',

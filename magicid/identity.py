@@ -4,23 +4,23 @@
 
 # %% ../nbs/03_identity.ipynb #c5f2b5eb
 from __future__ import annotations
-import hashlib, json, math, os, time
-from dataclasses import dataclass, field, asdict, replace
+import importlib.util, os, warnings
 from pathlib import Path
 from typing import Sequence
+import cv2
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .core import check_choice, atomic_path, atomic_write, repo_root
+from scipy.stats import rankdata
+from . import world
+from .core import atomic_path, check_choice, repo_root
 
 # %% auto #0
-__all__ = ['ID_ENCODER_DIR', 'RETRAIN_COMMAND', 'TINY_ENCODER_FILES', 'DLIB_PIP', 'TINY_ENCODERS', 'NoFaceError', 'check_images',
-           'l2_normalize', 'pairwise_similarity', 'IDEncoder', 'embed_largest_faces', 'per_frame_similarity',
-           'identity_similarity', 'reference_embeddings', 'face_similarity', 'OnnxArcFace', 'tiny_encoder_path',
-           'load_tiny_id_encoder', 'InsightFaceEncoder', 'write_random_insightface_pack', 'dlib_models_dir',
-           'DlibEncoder', 'IDNetSpec', 'TinyIDNet', 'ArcFaceLoss', 'to_model_input', 'IDTrainConfig',
-           'render_id_dataset', 'train_id_encoder', 'export_id_encoder', 'write_id_encoder_readme', 'roc_auc',
+__all__ = ['ID_ENCODER_DIR', 'RETRAIN_COMMAND', 'TINY_ENCODER_FILES', 'DLIB_PIP', 'NoFaceError', 'check_images', 'l2_normalize',
+           'pairwise_similarity', 'IDEncoder', 'embed_largest_faces', 'per_frame_similarity', 'identity_similarity',
+           'reference_embeddings', 'face_similarity', 'OnnxArcFace', 'tiny_encoder_path', 'load_tiny_id_encoder',
+           'InsightFaceEncoder', 'write_random_insightface_pack', 'dlib_models_dir', 'DlibEncoder', 'roc_auc',
            'verification_metrics', 'render_eval_set', 'context_pairs']
 
 # %% ../nbs/03_identity.ipynb #be275064
@@ -123,7 +123,6 @@ def face_similarity(encoder: IDEncoder, video: np.ndarray, refs, ref_names: Sequ
 # %% ../nbs/03_identity.ipynb #92bd2c4d
 def _resize(im: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     "Resize an RGB image to (width, height): bilinear when enlarging, area-averaging when shrinking."
-    import cv2
     if im.shape[1] == size[0] and im.shape[0] == size[1]: return im
     interp = cv2.INTER_LINEAR if im.shape[0] < size[1] else cv2.INTER_AREA
     return cv2.resize(im, size, interpolation=interp)
@@ -155,7 +154,7 @@ class OnnxArcFace(IDEncoder):
 
 # %% ../nbs/03_identity.ipynb #f7dd2cc6
 ID_ENCODER_DIR = 'data/id_encoder'
-RETRAIN_COMMAND = '.venv/bin/magicid-run --scale tiny --only 03_identity -p retrain=True'
+RETRAIN_COMMAND = '.venv/bin/magicid-run --scale tiny --only 03a_identity_training -p retrain=True'
 TINY_ENCODER_FILES = {'reward': 'reward.onnx', 'eval': 'eval.onnx'}
 
 def tiny_encoder_path(which: str = 'reward', weights_dir: str | os.PathLike | None = None) -> Path:
@@ -198,7 +197,6 @@ class InsightFaceEncoder(IDEncoder):
 
     def faces(self, image: np.ndarray):
         "insightface `Face`s of one RGB uint8 image (bbox, kps, det_score, embedding)."
-        import warnings
         with warnings.catch_warnings():   # insightface 2.1 calls a deprecated skimage API while aligning
             warnings.simplefilter("ignore", FutureWarning)
             return self.app.get(np.ascontiguousarray(image[..., ::-1]))
@@ -266,7 +264,6 @@ DLIB_PIP = 'pip install dlib-bin==20.0.1.post1 face-recognition-models==0.3.0'
 
 def dlib_models_dir() -> Path:
     "Folder of the model files shipped by the `face-recognition-models` package."
-    import importlib.util
     spec = importlib.util.find_spec('face_recognition_models')
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(f"DlibEncoder needs the package face-recognition-models: {DLIB_PIP}")
@@ -301,216 +298,9 @@ class DlibEncoder(IDEncoder):
         "dlib descriptors (N, 128) of the largest face of each image (not normalised); no face: `NoFaceError` or a NaN row."
         return embed_largest_faces(self.largest_face_embedding, images, names, kind, on_missing, 128)
 
-# %% ../nbs/03_identity.ipynb #fb84c4be
-@dataclass
-class IDNetSpec:
-    "Architecture of a tiny ID encoder."
-    widths: tuple = (16, 32, 64)      # channels at 28, 14 and 7 px
-    dim: int = 512                    # embedding size
-    pool: str = 'att'                 # 'att' (attention pooling) or 'gap' (global mean)
-    input_size: int = 112
-
-    def __post_init__(self):
-        check_choice('pool', self.pool, ['att', 'gap'])
-        self.widths = tuple(int(w) for w in self.widths)
-        if len(self.widths) != 3 or min(self.widths) < 1: raise ValueError(f"widths={self.widths}: expected 3 positive ints")
-        if self.input_size % 16: raise ValueError(f"input_size={self.input_size} must be a multiple of 16 (insightface routing)")
-
-def _cbp(cin, cout, k, s, p): return [nn.Conv2d(cin, cout, k, s, p, bias=False), nn.BatchNorm2d(cout), nn.PReLU(cout)]
-
-class TinyIDNet(nn.Module):
-    "Tiny ArcFace backbone: (N, 3, 112, 112) in [−1, 1], RGB → (N, dim) embedding (not normalised; cosine is taken downstream)."
-    def __init__(self, spec: IDNetSpec):
-        super().__init__()
-        c1, c2, c3 = spec.widths
-        self.spec = spec
-        self.body = nn.Sequential(*_cbp(3, c1, 4, 4, 0), *_cbp(c1, c1, 3, 1, 1), *_cbp(c1, c2, 3, 2, 1),
-                                  *_cbp(c2, c2, 3, 1, 1), *_cbp(c2, c3, 3, 2, 1), *_cbp(c3, c3, 3, 1, 1))
-        self.att = nn.Conv2d(c3, 1, 1) if spec.pool == 'att' else None
-        self.bn, self.fc, self.bn_out = nn.BatchNorm2d(c3), nn.Linear(c3, spec.dim), nn.BatchNorm1d(spec.dim)
-
-    def forward(self, x):
-        x = self.bn(self.body(x))
-        if self.att is not None:
-            a = torch.softmax(self.att(x).flatten(2), -1)        # where to look: softmax over the 7×7 positions
-            x = (x.flatten(2)*a).sum(-1)
-        else:
-            x = x.mean((2, 3))
-        return self.bn_out(self.fc(x))
-
-class ArcFaceLoss(nn.Module):
-    "Additive angular margin loss (ArcFace, eq. 3): CE over s·cos(θ_j), with θ_y → θ_y + m for the true class."
-    def __init__(self, dim: int, n_classes: int, s: float = 30.0, m: float = 0.3):
-        super().__init__()
-        if s <= 0 or not 0 <= m < math.pi/2: raise ValueError(f"ArcFace needs s > 0 and 0 <= m < π/2, got s={s}, m={m}")
-        self.W = nn.Parameter(torch.randn(n_classes, dim)*0.01)
-        self.s, self.m = s, m
-
-    def forward(self, emb: torch.Tensor, y: torch.Tensor, m: float | None = None):
-        "Loss and the batch accuracy of the nearest class centre."
-        m = self.m if m is None else m
-        cos = F.linear(F.normalize(emb), F.normalize(self.W)).clamp(-1 + 1e-7, 1 - 1e-7)   # cos θ_j
-        cy = cos.gather(1, y[:, None]); th = torch.acos(cy)                                # θ_y
-        target = torch.where(th + m < math.pi, torch.cos(th + m), cy - m*math.sin(m))     # cos(θ_y + m), kept monotone
-        logits = self.s*cos.scatter(1, y[:, None], target)                                 # s·cos
-        return F.cross_entropy(logits, y), (cos.argmax(1) == y).float().mean()
-
-def to_model_input(images: np.ndarray, size: int = 112, flip: np.ndarray | None = None) -> torch.Tensor:
-    "What insightface feeds the ONNX: RGB uint8 (N, H, W, 3) → resized (bilinear) → (x − 127.5)/127.5, (N, 3, S, S); optional h-flips."
-    import cv2
-    up = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_LINEAR) for im in images])
-    t = torch.from_numpy(up).permute(0, 3, 1, 2).float().sub_(127.5).div_(127.5)
-    if flip is not None and flip.any(): t[torch.from_numpy(flip)] = t[torch.from_numpy(flip)].flip(-1)
-    return t
-
-# %% ../nbs/03_identity.ipynb #fd9253cf
-@dataclass
-class IDTrainConfig:
-    "How one tiny ID encoder is trained (data, loss, optimiser)."
-    name: str = 'reward'
-    split: str = 'instrument'         # identity pool (world split)
-    seed: int = 1
-    net: IDNetSpec = field(default_factory=IDNetSpec)
-    n_ids: int = 3000
-    videos_per_id: int = 5
-    frames_per_video: int = 3
-    epochs: float = 8.0
-    batch_size: int = 128
-    lr: float = 3e-3                  # AdamW, one-cycle schedule (5% warm-up, cosine decay)
-    weight_decay: float = 5e-4
-    arc_s: float = 30.0               # ArcFace scale s
-    arc_m: float = 0.3                # ArcFace additive angular margin m (radians)
-    margin_warmup: float = 0.2        # share of the steps over which m ramps up from 0
-    aux_weight: float = 1.0           # weight of the 9 face-factor classification heads
-    flip: bool = True                 # random horizontal flips
-
-    def __post_init__(self):
-        if isinstance(self.net, dict): self.net = IDNetSpec(**self.net)
-        check_choice('split', self.split, ['pretrain', 'instrument', 'dev'])   # never 'eval': it validates
-        for k in ('n_ids', 'videos_per_id', 'frames_per_video', 'batch_size'):
-            if not (isinstance(getattr(self, k), int) and getattr(self, k) >= 1): raise ValueError(f"{k}={getattr(self, k)!r} must be an int >= 1")
-        if self.frames_per_video > 8: raise ValueError(f"frames_per_video={self.frames_per_video} must be <= 8 (frames per video)")
-        if self.videos_per_id*self.frames_per_video < 2: raise ValueError("ArcFace needs >= 2 images per identity (videos_per_id × frames_per_video)")
-
-TINY_ENCODERS = {
-    'reward': IDTrainConfig('reward', 'instrument', seed=1, net=IDNetSpec((16, 32, 64), 512, 'att')),
-    'eval':   IDTrainConfig('eval', 'pretrain', seed=2, net=IDNetSpec((24, 48, 96), 128, 'att')),
-}
-
-# %% ../nbs/03_identity.ipynb #201124e1
-def _render_chunk(args):
-    "Worker: render the training images of some identities."
-    from magicid import world
-    indices, labels, vpi, fpv, seed = args
-    rng = np.random.default_rng(seed)
-    X, Y = [], []
-    for ii, lab in zip(indices, labels):
-        ident = world.Identity.from_index(int(ii))
-        for _ in range(vpi):
-            vid = world.render(world.sample_spec(ident, rng), ground_truth=False).video
-            X.append(vid[rng.choice(len(vid), fpv, replace=False)]); Y += [lab]*fpv
-    return np.concatenate(X), np.array(Y, np.int64)
-
-def render_id_dataset(split: str, n_ids: int, videos_per_id: int, frames_per_video: int, seed: int, workers: int = 1):
-    "Training images (N, 32, 32, 3) uint8 of `n_ids` identities of `split`, their class labels (N,) and factors (n_ids, 9)."
-    from magicid import world
-    ids = world.sample_identities(split, n_ids, seed)
-    factors = np.array([[getattr(i, k) for k in world.FACTORS] for i in ids], np.int64)
-    chunks = [([i.index for i in ids[a:a + 50]], list(range(a, min(a + 50, n_ids))), videos_per_id, frames_per_video, [seed, a])
-              for a in range(0, n_ids, 50)]
-    from tqdm.auto import tqdm
-    if workers > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context('spawn')) as ex:
-            res = list(tqdm(ex.map(_render_chunk, chunks), total=len(chunks), desc=f'render {split}'))
-    else:
-        res = [_render_chunk(c) for c in tqdm(chunks, desc=f'render {split}')]
-    return np.concatenate([r[0] for r in res]), np.concatenate([r[1] for r in res]), factors
-
-# %% ../nbs/03_identity.ipynb #1da5dbd2
-def _cfg_json(cfg: IDTrainConfig) -> str: return json.dumps(asdict(cfg), sort_keys=True, default=list)
-
-def train_id_encoder(cfg: IDTrainConfig, images: np.ndarray, labels: np.ndarray, factors: np.ndarray,
-                     ckpt_path: str | os.PathLike | None = None, ckpt_every: int = 500, threads: int = 1, log_every: int = 200):
-    "Train a `TinyIDNet` with ArcFace (+ factor heads) on images (N, H, W, 3) uint8; return (model in eval mode, log rows)."
-    from tqdm.auto import tqdm
-    torch.set_num_threads(threads)
-    torch.manual_seed(cfg.seed)
-    n_cls = int(labels.max()) + 1
-    model = TinyIDNet(cfg.net)
-    arc = ArcFaceLoss(cfg.net.dim, n_cls, cfg.arc_s, cfg.arc_m)
-    from magicid.world import FACTORS
-    heads = nn.ModuleList([nn.Linear(cfg.net.dim, len(v)) for v in FACTORS.values()])
-    params = [*model.parameters(), *arc.parameters(), *heads.parameters()]
-    steps = max(1, int(cfg.epochs*len(images)/cfg.batch_size))
-    opt = torch.optim.AdamW(params, cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=steps, pct_start=0.05)
-    start, log, done_s = 0, [], 0.0
-    ckpt_path = Path(ckpt_path) if ckpt_path else None
-    if ckpt_path and ckpt_path.is_file():
-        ck = torch.load(ckpt_path, weights_only=True)
-        if ck['config'] == _cfg_json(cfg) and ck['n'] == len(images):
-            for mod, k in ((model, 'model'), (arc, 'arc'), (heads, 'heads'), (opt, 'opt'), (sched, 'sched')): mod.load_state_dict(ck[k])
-            start, log, done_s = int(ck['step']), json.loads(ck['log']), float(ck['seconds'])
-            print(f'{cfg.name}: resumed from {ckpt_path} at step {start}/{steps}')
-    fac = torch.from_numpy(np.asarray(factors, np.int64))
-    per_epoch = len(images)//cfg.batch_size
-    model.train(); t0 = time.perf_counter(); bar = tqdm(range(start, steps), desc=f'train {cfg.name}', initial=start, total=steps)
-    for step in bar:
-        ep, k = divmod(step, max(per_epoch, 1))
-        perm = np.random.default_rng([cfg.seed, ep]).permutation(len(images))      # reproducible on resume
-        b = perm[k*cfg.batch_size:(k + 1)*cfg.batch_size]
-        flip = np.random.default_rng([cfg.seed, 7, step]).random(len(b)) < 0.5 if cfg.flip else None
-        x, y = to_model_input(images[b], cfg.net.input_size, flip), torch.from_numpy(labels[b])
-        m = cfg.arc_m*min(1.0, step/max(1, cfg.margin_warmup*steps))             # margin warm-up
-        emb = model(x)
-        l_arc, acc = arc(emb, y, m)
-        l_fac = torch.stack([F.cross_entropy(h(emb), fac[y, j]) for j, h in enumerate(heads)]).mean()
-        loss = l_arc + cfg.aux_weight*l_fac
-        opt.zero_grad(); loss.backward(); opt.step(); sched.step()
-        if step % log_every == 0 or step == steps - 1:
-            log.append(dict(step=step, arcface_loss=round(l_arc.item(), 4), factor_loss=round(l_fac.item(), 4),
-                            batch_acc=round(acc.item(), 4), margin=round(m, 3), lr=float(f"{sched.get_last_lr()[0]:.3g}"),
-                            seconds=round(done_s + time.perf_counter() - t0, 1)))
-            bar.set_postfix(arcface=log[-1]['arcface_loss'], acc=log[-1]['batch_acc'])
-        if ckpt_path and ((step + 1) % ckpt_every == 0 or step == steps - 1):
-            with atomic_path(ckpt_path) as tmp:
-                torch.save(dict(model=model.state_dict(), arc=arc.state_dict(), heads=heads.state_dict(), opt=opt.state_dict(),
-                                sched=sched.state_dict(), step=step + 1, config=_cfg_json(cfg), n=len(images), log=json.dumps(log),
-                                seconds=done_s + time.perf_counter() - t0), tmp)
-    return model.eval(), log
-
-def export_id_encoder(model: TinyIDNet, path: str | os.PathLike) -> Path:
-    "Export a trained `TinyIDNet` to ONNX (input 'input.1' (N, 3, S, S) float, dynamic batch; output 'embedding')."
-    S = model.spec.input_size
-    return _export_onnx(model, torch.zeros(2, 3, S, S), Path(path), 'input.1', ['embedding'],
-                        {'input.1': {0: 'batch'}, 'embedding': {0: 'batch'}})
-
-def _sha256(path) -> str: return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-def write_id_encoder_readme(folder: str | os.PathLike, info: dict) -> Path:
-    "data/id_encoder/README.md: what each ONNX file is, its sha256, how it was trained, and the re-train command."
-    folder = Path(folder)
-    lines = ['# Tiny ID encoders (ArcFace, trained in the rendered world)', '',
-             'Made by `nbs/03_identity.ipynb`. Re-train both (renders the training sets, trains, exports, rewrites this file):', '',
-             f'    {RETRAIN_COMMAND}', '',
-             'Load with `magicid.identity.load_tiny_id_encoder("reward" | "eval")` or insightface `model_zoo.get_model(path)`',
-             '(an `ArcFaceONNX`: BGR uint8 112×112 in, (x − 127.5)/127.5, RGB, one embedding out).', '',
-             '| file | sha256 | role | identity pool | architecture | embedding | trained |', '|---|---|---|---|---|---|---|']
-    for which, fn in TINY_ENCODER_FILES.items():
-        if not (folder/fn).is_file(): continue
-        i = info.get(which, {})
-        lines.append(f"| {fn} | `{_sha256(folder/fn)}` | {'reward R_id (Sec 3.3)' if which == 'reward' else 'Face Sim metric (Sec 4.1)'} | "
-                     f"{i.get('split', '?')} ({i.get('n_ids', '?')} identities) | {i.get('net', '?')} | {i.get('dim', '?')}-D | {i.get('train', '?')} |")
-    brief = {w: {k: v for k, v in i.items() if k != 'log'} for w, i in info.items()}
-    lines += ['', 'Training configurations (`IDTrainConfig`); full training logs in `info.json`:', '', '```json', json.dumps(brief, indent=1, default=str), '```', '']
-    return atomic_write(folder/'README.md', '\n'.join(lines))
-
 # %% ../nbs/03_identity.ipynb #945c7ce1
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
     "Area under the ROC curve (Mann–Whitney U, ties counted half)."
-    from scipy.stats import rankdata
     positive = np.asarray(positive, bool); n1 = positive.sum(); n0 = len(positive) - n1
     if n1 == 0 or n0 == 0: raise ValueError("roc_auc needs both positive and negative trials")
     r = rankdata(scores)
@@ -526,7 +316,6 @@ def verification_metrics(sim: np.ndarray, labels: np.ndarray, far: float = 0.01)
 
 def render_eval_set(n_ids: int, renders: int, seed: int, split: str = 'eval', size: int = 32):
     "One random frame of `renders` random videos for each of `n_ids` identities of `split`: images (N, S, S, 3), labels (N,)."
-    from magicid import world
     rng = np.random.default_rng([seed, 31])
     X, Y = [], []
     for j, ident in enumerate(world.sample_identities(split, n_ids, seed)):
@@ -538,7 +327,6 @@ def render_eval_set(n_ids: int, renders: int, seed: int, split: str = 'eval', si
 # %% ../nbs/03_identity.ipynb #eb5e1c18
 def context_pairs(n_ids: int, seed: int, split: str = 'eval', size: int = 32):
     "Renders for the face-vs-context check: a[i], b[i] same identity, other context; c[i] another identity in a[i]'s context."
-    from magicid import world
     rng = np.random.default_rng([seed, 41])
     ids = world.sample_identities(split, 2*n_ids, seed + 1000)
     pick = lambda opts: list(opts)[rng.integers(len(opts))]

@@ -9,6 +9,10 @@ from typing import Sequence, Any
 import numpy as np
 from .core import check_choice
 from .media import load_video, load_images
+from .fvd import frechet_distance, load_tiny_video_features, stats
+from .identity import face_similarity as _fs, load_tiny_id_encoder
+from .motion import dynamic_degree
+from .textalign import load_tiny_clip
 
 # %% auto #0
 __all__ = ['METRICS', 'bootstrap_ci', 'Instruments', 'tiny_instruments', 'face_similarity', 'video_metrics', 'fvd_ci', 'evaluate',
@@ -40,20 +44,15 @@ class Instruments:
 
 def tiny_instruments(flow='dis') -> Instruments:
     "The `smoke`/`tiny` evaluation instruments: the EVALUATION ID encoder, the tiny world CLIP, FVD-mini, DIS flow."
-    from magicid.identity import load_tiny_id_encoder
-    from magicid.textalign import load_tiny_clip
-    from magicid.fvd import load_tiny_video_features
     return Instruments(load_tiny_id_encoder('eval'), load_tiny_clip(), load_tiny_video_features(), flow)
 
 # %% ../nbs/09_metrics.ipynb #96c17329
 def face_similarity(video, refs, encoder) -> float:
     "Face Sim.: mean cosine between every frame and every reference image, by `encoder` (use the evaluation encoder)."
-    from magicid.identity import face_similarity as _fs
     return _fs(encoder, load_video(video), load_images(refs, 'refs'))
 
 def video_metrics(video, prompt: str, refs, inst: Instruments) -> dict:
     "Face Sim., Dyna. Deg. (continuous, px at 256 px), VBench's boolean, T. Cons., CLIP-T and CLIP-I of one video."
-    from magicid.motion import dynamic_degree
     v, refs = load_video(video), load_images(refs, 'refs')
     d, moving = dynamic_degree(v, flow=inst.flow, unit='px256')
     return dict(face_sim=face_similarity(v, refs, inst.id_encoder), dynamic_degree=float(d), dynamic=float(moving),
@@ -66,7 +65,6 @@ METRICS = ('face_sim', 'dynamic_degree', 'dynamic', 'temporal_consistency', 'cli
 def fvd_ci(gen_features: np.ndarray, real_features: np.ndarray, groups: Sequence, level: float = 0.95) -> dict:
     "FVD between generated and real feature sets, with a leave-one-identity-out jackknife interval (normal approximation)."
     from scipy.stats import norm
-    from magicid.fvd import stats, frechet_distance
     g = np.asarray(groups); keys = np.unique(g)
     mu_r, s_r = stats(real_features)
     point = frechet_distance(*stats(gen_features), mu_r, s_r)

@@ -8,6 +8,8 @@ import math, os
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
+from .core import check_choice
+from .media import check_video as _check_video
 
 # %% auto #0
 __all__ = ['DIS_PRESETS', 'DIS_ACCURATE', 'RAFT_INSTALL_HINT', 'FLOW_METHODS', 'DYNAMIC_UNITS', 'check_video', 'DISConfig',
@@ -16,8 +18,6 @@ __all__ = ['DIS_PRESETS', 'DIS_ACCURATE', 'RAFT_INSTALL_HINT', 'FLOW_METHODS', '
            'dynamic_degrees']
 
 # %% ../nbs/04_motion.ipynb #cee0c01f
-from .media import check_video as _check_video
-
 def check_video(video, name: str = 'video', min_frames: int = 2) -> np.ndarray:
     "`magicid.media.check_video` with at least `min_frames` (2: one pair of consecutive frames)."
     return _check_video(video, name, min_frames)
@@ -39,7 +39,6 @@ class DISConfig:
     refine_alpha: float | None = None  # smoothness weight α of the refinement (preset: 20)
 
     def __post_init__(self):
-        from magicid.core import check_choice
         check_choice('DISConfig.preset', self.preset, DIS_PRESETS)
         check_choice('DISConfig.interp', self.interp, _INTERP)
         if not (isinstance(self.upscale, int) and 1 <= self.upscale <= 16):
@@ -135,7 +134,6 @@ def _raft_state_dict(path: Path) -> dict:
 def load_raft(weights: str | os.PathLike | None, model: str = 'large', device: str = 'cpu', min_size: int = 256,
               num_flow_updates: int = 20, batch_size: int = 8) -> 'RaftFlow':
     "A RAFT flow function from a local torchvision state dict `weights` (.pth/.pt/.safetensors); needs torchvision."
-    from magicid.core import check_choice
     check_choice('raft model', model, ['large', 'small'])
     if weights is None:
         raise ValueError("raft_weights: not set; name a local torchvision RAFT state dict (.pth, .pt or .safetensors), "
@@ -201,7 +199,6 @@ def flow_function(flow='dis', raft_weights=None, device: str = 'cpu'):
     "A flow function from `flow`: 'dis', 'raft' (needs `raft_weights`), a `DISConfig`, or a callable f(a, b) → (H, W, 2)."
     if isinstance(flow, DISConfig): return DISFlow(flow)
     if isinstance(flow, str):
-        from magicid.core import check_choice
         check_choice('flow', flow, FLOW_METHODS)
         return DISFlow() if flow == 'dis' else load_raft(raft_weights, device=device)
     if callable(flow): return flow
@@ -258,7 +255,6 @@ def vbench_params(height: int, width: int, n_frames: int) -> tuple[float, int]:
 
 def dynamic_degree_from_flow(flow: np.ndarray, n_frames: int | None = None, unit: str = 'px') -> tuple[float, bool]:
     "(value, is_dynamic) of a video from its pair flows (P, H, W, 2): value = mean over pairs of the top-5% |flow|."
-    from magicid.core import check_choice
     check_choice('unit', unit, DYNAMIC_UNITS)
     scores = top_motion(flow)                                           # per-pair score (VBench get_score)
     h, w = np.shape(flow)[-3:-1]

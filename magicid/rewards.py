@@ -10,6 +10,9 @@ from typing import Sequence
 import numpy as np
 from .core import check_choice
 from .media import load_video, load_images, check_video, check_images
+from .identity import identity_similarity, load_tiny_id_encoder, reference_embeddings
+from .textalign import load_tiny_clip
+from .motion import dynamic_degree
 
 # %% auto #0
 __all__ = ['RewardScale', 'affine_score', 'R_id_score', 'R_dy_score', 'R_sem_score', 'Rewarder', 'tiny_rewarder']
@@ -47,19 +50,15 @@ def R_sem_score(c: float, k: RewardScale = RewardScale(), rating: bool = False) 
     return affine_score(c, k.sem_lo, k.sem_hi)
 
 # %% ../nbs/08_rewards.ipynb #9c0a0682
-from .motion import dynamic_degree
-
 class Rewarder:
     "R_id, R_dy, R_sem of videos for one identity (its reference images) and prompt, from named instruments."
     def __init__(self, id_encoder, refs, semantic=None, flow='dis', scale: RewardScale = RewardScale(), vlm=None):
-        from magicid.identity import reference_embeddings
         self.id_encoder, self.semantic, self.vlm, self.flow, self.scale = id_encoder, semantic, vlm, flow, scale
         self.refs = load_images(refs, 'refs')
         self.ref_emb = reference_embeddings(id_encoder, self.refs)
 
     def raw(self, video, prompt: str) -> dict:
         "The instruments' raw values for one video: id_sim (cosine), dyn_degree (px at 256 px), sem_raw (cosine or rating)."
-        from magicid.identity import identity_similarity
         v = load_video(video)
         e = self.id_encoder.embed(v, kind='frame', on_missing='nan')
         d, _ = dynamic_degree(v, flow=self.flow, unit='px256') if len(v) > 1 else (0.0, False)
@@ -82,6 +81,4 @@ class Rewarder:
 
 def tiny_rewarder(refs, flow='dis', scale: RewardScale = RewardScale()) -> Rewarder:
     "The `smoke`/`tiny` rewarder: the shipped reward ID encoder, DIS flow and the tiny world CLIP."
-    from magicid.identity import load_tiny_id_encoder
-    from magicid.textalign import load_tiny_clip
     return Rewarder(load_tiny_id_encoder('reward'), refs, load_tiny_clip(), flow, scale)

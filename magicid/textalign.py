@@ -4,20 +4,22 @@
 
 # %% ../nbs/05_clip.ipynb #e6dd6c4f
 from __future__ import annotations
-import functools, hashlib, json, math, os, re, time
-from dataclasses import dataclass, asdict, replace
+import functools, json, re
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 import numpy as np
-from .core import atomic_path, atomic_write, check_choice, repo_root
+from .core import check_choice, repo_root, sha256_file
+from .world import (ACTIONS, COLOURS, FACTORS, GARMENTS, SCENES, TEMPLATES, Identity, caption, sample_identities,
+                           sample_spec)
+from .world_render import render
 
 # %% auto #0
 __all__ = ['RARE_TOKENS', 'PAD', 'UNK', 'BOS', 'EOS', 'SPECIAL_TOKENS', 'MAX_TEXT_LEN', 'PARTIAL_TEMPLATES', 'WORLD_MEAN',
            'WORLD_STD', 'FRAME_ENCODINGS', 'RETRAIN_COMMAND', 'RATING_QUESTION', 'QWEN2VL_CHAT_TEMPLATE',
-           'identity_phrases', 'training_captions', 'grammar_words', 'build_tokenizer', 'tiny_clip_config', 'windows',
-           'to_pixels', 'check_video', 'check_images', 'check_prompt', 'ClipScorer', 'tiny_clip_dir', 'load_tiny_clip',
-           'semantic_score', 'ClipTrainConfig', 'render_training_set', 'clip_loss', 'train_tiny_clip', 'save_clip',
-           'write_readme', 'verify_folder', 'eval_set', 'text_alignment_eval', 'parse_rating', 'VLMRater',
+           'identity_phrases', 'grammar_words', 'build_tokenizer', 'tiny_clip_config', 'windows', 'to_pixels',
+           'check_video', 'check_images', 'check_prompt', 'ClipScorer', 'tiny_clip_dir', 'load_tiny_clip',
+           'semantic_score', 'verify_folder', 'eval_set', 'text_alignment_eval', 'parse_rating', 'VLMRater',
            'save_tiny_random_vlm']
 
 # %% ../nbs/05_clip.ipynb #9c0c1225
@@ -31,7 +33,6 @@ _HAIR = {'bald': 'a bald head', 'short': 'short {c} hair', 'long': 'long {c} hai
 
 def identity_phrases(identity) -> dict:
     "A short phrase per visible trait of `identity` ('long blonde hair', 'round glasses', ...), keyed by trait."
-    from magicid.world import FACTORS
     f = {k: FACTORS[k][getattr(identity, k)] for k in FACTORS}
     out = {'face_shape': f"{'an' if f['face_shape'][0] in 'aeiou' else 'a'} {f['face_shape']} face", 'skin': f"{f['skin']} skin",
            'hair': _HAIR[f['hair_style']].format(c=f['hair_colour']), 'eye_colour': f"{f['eye_colour']} eyes",
@@ -50,47 +51,9 @@ def _with(subj: str, phrases: Sequence[str]) -> str:
 PARTIAL_TEMPLATES = ['{subj} {pres}', '{subj} {pres} {scene}', '{subj} {scene}', '{subj} wearing a {colour} {garment}',
                      '{subj} {pres} wearing a {colour} {garment}', 'a video of {subj} {ger}']
 
-# %% ../nbs/05_clip.ipynb #70b36779
-def _other(rng, options, current):
-    "A random element of `options` other than `current`."
-    opts = [o for o in options if o != current]
-    return opts[rng.integers(len(opts))]
-
-def training_captions(spec, rng: np.random.Generator, p_identity: float = 0.35) -> tuple[str, str, bool]:
-    "A random caption of `spec`, its hard negative (action, else scene, else colour, else one trait changed) and whether to show a still."
-    from magicid.world import subject, ACTIONS, SCENES, COLOURS, TEMPLATES, FACTORS
-    u, tk = rng.random(), rng.random()
-    token = None if tk < 0.55 else (RARE_TOKENS[rng.integers(len(RARE_TOKENS))] if tk < 0.9 else
-                                     ''.join(rng.choice(list('bcdfghjklmnpqrstvwxz'), 4)))   # an unknown word: [UNK]
-    ph = identity_phrases(spec.identity)
-    keys = list(ph)
-    if u < p_identity:                                      # an identity description of a still
-        tmpl, traits = 'a photo of {subj}', list(rng.choice(keys, int(rng.integers(3, len(keys) + 1)), replace=False))
-    else:                                                   # 80 % a full paraphrase, 20 % a partial caption
-        tmpl = TEMPLATES[rng.integers(len(TEMPLATES))] if rng.random() < 0.8 else PARTIAL_TEMPLATES[rng.integers(len(PARTIAL_TEMPLATES))]
-        traits = list(rng.choice(keys, int(rng.integers(1, 4)), replace=False)) if rng.random() < 0.5 else []
-    def fmt(sp):
-        p = identity_phrases(sp.identity)
-        subj = _with(subject(token), [p.get(k, '') for k in traits])
-        pres, ger = ACTIONS[sp.action]; sc = SCENES[sp.scene]
-        return tmpl.format(subj=subj, pres=pres, ger=ger, scene=sc, Scene=sc[0].upper() + sc[1:], colour=sp.colour, garment=sp.garment)
-    if '{pres}' in tmpl or '{ger}' in tmpl: neg = replace(spec, action=_other(rng, ACTIONS, spec.action))
-    elif '{scene}' in tmpl.lower(): neg = replace(spec, scene=_other(rng, SCENES, spec.scene))
-    elif '{colour}' in tmpl: neg = replace(spec, colour=_other(rng, COLOURS, spec.colour))
-    else:                                                   # an identity description: change one of its traits
-        k = traits[rng.integers(len(traits))]
-        fks = ('hair_colour', 'hair_style') if k == 'hair' else (k,)
-        ident = spec.identity
-        while identity_phrases(ident).get(k) == ph[k]:           # (a bald head has no hair colour: change the style too)
-            fk = fks[rng.integers(len(fks))]
-            ident = replace(ident, **{fk: int(rng.integers(len(FACTORS[fk])))})
-        neg = replace(spec, identity=ident)
-    still = tmpl.startswith('a photo') or ('{pres}' not in tmpl and '{ger}' not in tmpl and rng.random() < 0.5)
-    return fmt(spec), fmt(neg), bool(still)
-
+# %% ../nbs/05_clip.ipynb #72a1ebc2
 def grammar_words() -> list[str]:
     "Every word of the caption grammar, the identity phrases and the rare tokens (lower case, split as the tokenizer splits)."
-    from magicid.world import TEMPLATES, ACTIONS, SCENES, COLOURS, GARMENTS, FACTORS, Identity
     texts = list(TEMPLATES) + PARTIAL_TEMPLATES + [w for a in ACTIONS.values() for w in a] + list(SCENES.values())
     texts += list(COLOURS) + list(GARMENTS) + ['a photo of a person with and', 'wearing dressed in video'] + list(RARE_TOKENS)
     for k, opts in FACTORS.items():
@@ -290,7 +253,7 @@ class ClipScorer:
         return [text[a:b] for i, (a, b) in zip(enc['input_ids'], enc['offset_mapping']) if unk is not None and i == unk]
 
 # %% ../nbs/05_clip.ipynb #b0ab32e7
-RETRAIN_COMMAND = '.venv/bin/magicid-run --scale tiny --only 05_clip -p retrain=True'
+RETRAIN_COMMAND = '.venv/bin/magicid-run --scale tiny --only 05a_clip_training -p retrain=True'
 
 def tiny_clip_dir() -> Path:
     "Where the shipped tiny CLIP lives: data/clip/ of the checkout."
@@ -310,164 +273,7 @@ def semantic_score(video: np.ndarray, prompt: str, scorer: ClipScorer | None = N
     "R_sem at smoke/tiny scale: cosine (−1..1) of `video` and `prompt` under `scorer` (default: the shipped tiny CLIP)."
     return (scorer or _cached_tiny_clip(str(tiny_clip_dir()))).semantic_score(video, prompt)
 
-# %% ../nbs/05_clip.ipynb #a8510637
-@dataclass
-class ClipTrainConfig:
-    "Hyper-parameters of the tiny world CLIP (the defaults are the shipped model's)."
-    n_videos: int = 6000          # rendered training videos ('instrument' + 'pretrain' identities)
-    steps: int = 700
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    warmup: int = 30
-    frames: int = 8               # frames per training video = K, the frames per window
-    size: int = 32
-    patch_size: int = 8
-    hidden: int = 128             # vision width
-    vision_layers: int = 4
-    text_hidden: int = 64
-    text_layers: int = 2
-    frame_encoding: str = 'differences'   # 'frames' (K frames stacked) or 'differences' (first frame + K−1 differences)
-    diff_scale: float = 0.1
-    p_identity: float = 0.35      # share of identity descriptions (on stills) ...
-    p_identity_start: float = 0.7 # ... during the first `identity_warmup` steps (identity is slow to start: a plateau)
-    identity_warmup: int = 100
-    projection_dim: int = 128
-    seed: int = 0
-    time_budget_s: float = 1200.0 # stop (and save) when training has run this long
-
-    def __post_init__(self):
-        check_choice('ClipTrainConfig.frame_encoding', self.frame_encoding, FRAME_ENCODINGS)
-        for k in ('n_videos', 'steps', 'batch_size', 'frames', 'size', 'patch_size', 'hidden', 'vision_layers', 'text_hidden', 'text_layers', 'projection_dim'):
-            v = getattr(self, k)
-            if not (isinstance(v, int) and v > 0): raise ValueError(f"ClipTrainConfig.{k}={v!r} must be an int > 0")
-        if self.batch_size > self.n_videos: raise ValueError(f"ClipTrainConfig.batch_size={self.batch_size} > n_videos={self.n_videos}")
-        if self.size % self.patch_size: raise ValueError(f"ClipTrainConfig.patch_size={self.patch_size} must divide size={self.size}")
-        if not self.lr > 0: raise ValueError(f"ClipTrainConfig.lr={self.lr!r} must be > 0")
-
-def render_training_set(n: int, seed: int, frames: int = 8, size: int = 32, specs_only: bool = False):
-    "`n` rendered videos (n, F, H, W, 3) uint8 and their specs: 'instrument' and 'pretrain' identities, the actions in turn."
-    from magicid.world import sample_identities, sample_spec, render, ACTIONS
-    from tqdm.auto import tqdm
-    ids = sample_identities('instrument', max(n//4, 1), seed) + sample_identities('pretrain', max(n//4, 1), seed)
-    rng = np.random.default_rng([seed, 21])
-    acts = list(ACTIONS)
-    specs = [sample_spec(ids[rng.integers(len(ids))], rng, action=acts[i % len(acts)], frames=frames, size=size) for i in range(n)]
-    if specs_only: return None, specs
-    return np.stack([render(s, ground_truth=False).video for s in tqdm(specs, desc='render CLIP training videos')]), specs
-
-def _mirror(spec):
-    "The spec of the left–right mirrored video: walking left becomes walking right."
-    return replace(spec, action={'walk left': 'walk right', 'walk right': 'walk left'}.get(spec.action, spec.action))
-
-def clip_loss(model, pixel_values, input_ids, attention_mask):
-    "CLIP InfoNCE with hard negatives: B videos and 2B captions (B positives, then B negatives that have no video)."
-    import torch, torch.nn.functional as F
-    B = len(pixel_values)
-    v = F.normalize(model.get_image_features(pixel_values=pixel_values).pooler_output, dim=-1)   # V
-    t = F.normalize(model.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output, dim=-1)  # [T; T⁻]
-    s = model.logit_scale.exp()
-    target = torch.arange(B, device=v.device)
-    return 0.5*(F.cross_entropy(s*v @ t.T, target) + F.cross_entropy(s*t[:B] @ v.T, target))
-
-# %% ../nbs/05_clip.ipynb #ae095159
-def train_tiny_clip(cfg: ClipTrainConfig, ckpt_dir, log=print, save_every: int = 50) -> dict:
-    "Train the tiny world CLIP (videos cached, model and optimizer checkpointed in `ckpt_dir`; resumes); returns model, tokenizer, log."
-    import torch
-    from transformers import CLIPModel
-    from tqdm.auto import tqdm
-    from safetensors.torch import save_file, load_file
-    ckpt_dir = Path(ckpt_dir); ckpt_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    tok = build_tokenizer(grammar_words())
-    t0 = time.perf_counter()
-    key = hashlib.sha256(json.dumps([cfg.n_videos, cfg.seed, cfg.frames, cfg.size]).encode()).hexdigest()[:10]
-    cache = ckpt_dir/f'videos_{key}.npy'
-    specs = render_training_set(cfg.n_videos, cfg.seed, cfg.frames, cfg.size, specs_only=True)[1]
-    if cache.is_file(): videos = np.load(cache, allow_pickle=False)
-    else:
-        videos = render_training_set(cfg.n_videos, cfg.seed, cfg.frames, cfg.size)[0]
-        with atomic_path(cache) as tmp: np.save(tmp, videos)
-    t_render = time.perf_counter() - t0
-    model = CLIPModel(tiny_clip_config(len(tok), cfg.frames, cfg.size, cfg.patch_size, cfg.hidden, cfg.vision_layers,
-                                       cfg.text_hidden, cfg.text_layers, 4, cfg.projection_dim))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    lr_at = lambda s: min(1, (s + 1)/cfg.warmup)*0.5*(1 + math.cos(math.pi*min(s, cfg.steps)/cfg.steps))  # warm-up, cosine decay
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    start, hist, spent, threads = 0, [], 0.0, torch.get_num_threads()
-    if (ckpt_dir/'state.pt').is_file() and (ckpt_dir/'model.safetensors').is_file():
-        st = torch.load(ckpt_dir/'state.pt', weights_only=True)
-        if st['config'] == json.dumps(asdict(cfg)):
-            model.load_state_dict(load_file(ckpt_dir/'model.safetensors'))
-            opt.load_state_dict(st['opt']); sched.load_state_dict(st['sched'])
-            start, hist, spent, t_render, threads = st['step'], json.loads(st['history']), st['train_s'], st['render_s'], st['threads']
-            log(f'resuming from step {start} ({ckpt_dir})')
-        else: log(f'{ckpt_dir}: checkpoint of another configuration, starting afresh')
-    t1 = time.perf_counter()
-    def save(step):
-        with atomic_path(ckpt_dir/'model.safetensors') as tmp: save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
-        with atomic_path(ckpt_dir/'state.pt') as tmp:
-            torch.save(dict(step=step, opt=opt.state_dict(), sched=sched.state_dict(), history=json.dumps(hist),
-                            train_s=spent + time.perf_counter() - t1, render_s=t_render, threads=threads, config=json.dumps(asdict(cfg))), tmp)
-    model.train()
-    bar = tqdm(range(start, cfg.steps), desc='train tiny CLIP', initial=start, total=cfg.steps)
-    for step in bar:
-        rng = np.random.default_rng([cfg.seed, 22, step])          # per-step stream: a resumed run replays the same batches
-        idx = rng.choice(len(videos), cfg.batch_size, replace=False)
-        flip = rng.random(cfg.batch_size) < 0.5
-        clips = np.where(flip[:, None, None, None, None], videos[idx][:, :, :, ::-1], videos[idx])
-        p_id = cfg.p_identity_start if step < cfg.identity_warmup else cfg.p_identity
-        pairs = [training_captions(_mirror(specs[i]) if f else specs[i], rng, p_id) for i, f in zip(idx, flip)]
-        still = np.array([st for _, _, st in pairs])
-        frame = clips[np.arange(len(idx)), rng.integers(cfg.frames, size=len(idx))]          # a random frame of each video
-        clips = np.where(still[:, None, None, None, None], frame[:, None], clips)            # ... repeated: a still
-        enc = tok([p for p, _, _ in pairs] + [n for _, n, _ in pairs], padding=True, truncation=True, max_length=MAX_TEXT_LEN, return_tensors='pt')
-        px = to_pixels(clips, WORLD_MEAN, WORLD_STD, cfg.size, cfg.size, encoding=cfg.frame_encoding, diff_scale=cfg.diff_scale)
-        loss = clip_loss(model, px, enc['input_ids'], enc['attention_mask'])
-        if not torch.isfinite(loss): raise FloatingPointError(f'tiny CLIP: loss is {loss.item()} at step {step}; last checkpoint in {ckpt_dir}')
-        opt.zero_grad(); loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step(); sched.step()
-        with torch.no_grad(): model.logit_scale.clamp_(0, math.log(100))
-        hist.append(dict(step=step, loss=loss.item(), logit_scale=model.logit_scale.exp().item(), lr=cfg.lr*lr_at(step)))
-        bar.set_postfix(loss=f'{loss.item():.3f}')
-        if step % 50 == 0 or step == cfg.steps - 1:
-            log(f"step {step:4d}  contrastive loss {loss.item():.3f}  logit scale {model.logit_scale.exp().item():.1f}  {spent + time.perf_counter() - t1:.0f}s")
-        if (step + 1) % save_every == 0 or step + 1 == cfg.steps: save(step + 1)
-        if spent + time.perf_counter() - t1 > cfg.time_budget_s:
-            log(f'time budget of {cfg.time_budget_s:.0f}s reached at step {step + 1}'); save(step + 1); break
-    model.eval()
-    return dict(model=model, tokenizer=tok, history=hist, render_s=t_render, train_s=spent + time.perf_counter() - t1, threads=threads)
-
-# %% ../nbs/05_clip.ipynb #03a7e8bb
-def save_clip(model, tokenizer, folder, image_size: int, mean=WORLD_MEAN, std=WORLD_STD, frame_encoding: str = 'differences',
-              diff_scale: float = 0.1, extra: dict | None = None) -> Path:
-    "Save a CLIP folder that `CLIPModel.from_pretrained`/`AutoTokenizer.from_pretrained` load (+ preprocessor_config.json, extra JSON files)."
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder); tokenizer.save_pretrained(folder)
-    pp = dict(image_processor_type='CLIPImageProcessor', do_resize=True, size=dict(shortest_edge=image_size), resample=3,
-              do_center_crop=True, crop_size=dict(height=image_size, width=image_size), do_rescale=True, rescale_factor=1/255,
-              do_normalize=True, image_mean=list(mean), image_std=list(std), do_convert_rgb=True,
-              frame_encoding=frame_encoding, difference_scale=diff_scale)   # read by ClipScorer; CLIPImageProcessor ignores them
-    atomic_write(folder/'preprocessor_config.json', json.dumps(pp, indent=2) + '\n')
-    for name, obj in (extra or {}).items(): atomic_write(folder/name, json.dumps(obj, indent=1) + '\n')
-    return folder
-
-from .core import sha256_file
-
-def write_readme(folder, summary: str) -> Path:
-    "data/clip/README.md: what the folder is, `summary`, the sha256 of every file and the re-train command."
-    folder = Path(folder)
-    rows = '\n'.join(f'| `{p.name}` | {p.stat().st_size:,} | `{sha256_file(p)}` |' for p in sorted(folder.iterdir())
-                     if p.is_file() and p.name != 'README.md' and not p.name.startswith('.'))
-    text = (f"# Tiny world CLIP (magicid.textalign)\n\nA `transformers.CLIPModel` trained contrastively on rendered world videos "
-            f"and captions by `nbs/05_clip.ipynb`. Load it with `magicid.textalign.load_tiny_clip()` or "
-            f"`CLIPModel.from_pretrained` + `AutoTokenizer.from_pretrained` on this folder; the vision tower takes 8 frames "
-            f"stacked as 24 channels (the first frame and 7 frame differences; see the notebook).\n\n{summary}\n\n"
-            f"Re-train (about 10 minutes on a 2-core CPU; rendered videos and checkpoints go to .cache/textalign/):\n\n"
-            f"```\n{RETRAIN_COMMAND}\n```\n\n| file | bytes | sha256 |\n|---|---|---|\n{rows}\n")
-    return atomic_write(folder/'README.md', text)
-
+# %% ../nbs/05_clip.ipynb #dae4fe66
 def verify_folder(folder) -> list[str]:
     "Files of `folder` whose sha256 differs from its README.md (empty when all match)."
     folder = Path(folder)
@@ -478,7 +284,6 @@ def verify_folder(folder) -> list[str]:
 # %% ../nbs/05_clip.ipynb #9ee82009
 def eval_set(n: int, seed: int, split: str = 'eval', frames: int = 8, size: int = 32) -> list[dict]:
     "`n` rendered videos of `split` identities, each with its spec, a caption template and token ('sks' for odd i)."
-    from magicid.world import sample_identities, sample_spec, render, ACTIONS, SCENES, TEMPLATES
     ids = sample_identities(split, n, seed)
     rng = np.random.default_rng([seed, 31])
     acts, scs = list(ACTIONS), list(SCENES)
@@ -491,7 +296,6 @@ def eval_set(n: int, seed: int, split: str = 'eval', frames: int = 8, size: int 
 
 def text_alignment_eval(scorer: ClipScorer, items: list[dict], seed: int = 0) -> dict:
     "Action and scene top-1 among captions that differ only in that factor; cosine of the true vs a mismatched caption."
-    from magicid.world import caption, ACTIONS, SCENES
     rng = np.random.default_rng([seed, 32])
     V = scorer.embed_videos([it['video'] for it in items])
     acts, scs = list(ACTIONS), list(SCENES)

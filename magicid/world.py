@@ -5,15 +5,17 @@
 # %% ../nbs/02_world.ipynb #99f74524
 from __future__ import annotations
 import hashlib, re
-from dataclasses import dataclass, field, asdict, replace
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 import numpy as np
+from .core import atomic_write, check_choice
 
 # %% auto #0
-__all__ = ['FACTORS', 'N_IDENTITIES', 'SPLITS', 'ACTIONS', 'SCENES', 'COLOURS', 'GARMENTS', 'EXPRESSIONS', 'FPS', 'SKIN', 'HAIR',
-           'EYES', 'BG', 'BODY', 'FEAT', 'ARM', 'TEMPLATES', 'Identity', 'sample_identities', 'Lighting', 'VideoSpec',
-           'sample_spec', 'motion', 'Rendered', 'render', 'subject', 'caption', 'parse_prompt', 'world_prompts',
-           'write_prompt_files', 'read_prompts', 'render_prompt', 'reference_images', 'inflate']
+__all__ = ['FACTORS', 'N_IDENTITIES', 'SPLITS', 'ACTIONS', 'SCENES', 'COLOURS', 'GARMENTS', 'EXPRESSIONS', 'FPS', 'TEMPLATES',
+           'Identity', 'sample_identities', 'Lighting', 'VideoSpec', 'sample_spec', 'motion', 'subject', 'caption',
+           'parse_prompt', 'world_prompts', 'write_prompt_files', 'read_prompts', 'SKIN', 'HAIR', 'EYES', 'Rendered',
+           'render', 'render_prompt', 'reference_images', 'inflate']
 
 # %% ../nbs/02_world.ipynb #60506308
 FACTORS = {
@@ -70,7 +72,6 @@ class Identity:
 
 def sample_identities(split: str, n: int, seed: int = 0) -> list[Identity]:
     "`n` distinct identities of `split`, drawn with `seed` (a new seed gives a fresh set, still inside the split)."
-    from magicid.core import check_choice
     check_choice('split', split, SPLITS)
     if n < 0: raise ValueError(f"n={n} must be >= 0")
     rng = np.random.default_rng([seed, list(SPLITS).index(split)])
@@ -124,7 +125,6 @@ class VideoSpec:
     seed: int = 0          # texture offsets, start positions, amplitudes and phases
 
     def __post_init__(self):
-        from magicid.core import check_choice
         check_choice('action', self.action, ACTIONS); check_choice('scene', self.scene, SCENES)
         check_choice('colour', self.colour, COLOURS); check_choice('garment', self.garment, GARMENTS)
         check_choice('expression', self.expression, EXPRESSIONS)
@@ -180,221 +180,6 @@ def motion(spec: VideoSpec) -> dict:
         cx = lo + (hi - lo)*_tri(0.28*amp*t/(hi - lo) + rng.uniform(0, 0.1))
     return dict(px=px, py=py, yaw=yaw, pitch=pitch, arm=arm, cx=cx, cy=cy, zoom=zoom)
 
-# %% ../nbs/02_world.ipynb #9886fc79
-SKIN = [(250, 226, 214), (241, 204, 178), (225, 184, 150), (198, 160, 118), (190, 140, 100), (150, 100, 66),
-        (112, 72, 46), (80, 52, 36)]
-HAIR = [(20, 18, 20), (70, 45, 30), (120, 70, 40), (150, 60, 35), (225, 195, 120), (235, 230, 215), (150, 150, 150), (200, 80, 30)]
-EYES = [(60, 35, 20), (130, 100, 50), (60, 120, 220), (60, 160, 80), (140, 150, 160), (210, 150, 40)]
-BG, BODY, FEAT, ARM = 0, 1, 2, 3   # layers
-
-def _noise_grid(seed, n=64):
-    return np.random.default_rng([seed, 7]).random((n, n)).astype(np.float32)
-
-def _value_noise(grid, x, y):
-    "Bilinear value noise of a periodic grid at continuous coordinates (x, y) in grid cells."
-    n = grid.shape[0]
-    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
-    fx, fy = x - x0, y - y0
-    fx, fy = fx*fx*(3 - 2*fx), fy*fy*(3 - 2*fy)
-    g = lambda i, j: grid[j % n, i % n]
-    return (g(x0, y0)*(1 - fx) + g(x0 + 1, y0)*fx)*(1 - fy) + (g(x0, y0 + 1)*(1 - fx) + g(x0 + 1, y0 + 1)*fx)*fy
-
-def _background(scene, wx, wy, grid, off):
-    "Colour (…, 3) of scene `scene` at world points (wx, wy): textured so that optical flow can see it move."
-    x, y = wx + off[0], wy + off[1]
-    n1 = _value_noise(grid, x*6, y*6); n2 = _value_noise(grid, x*13 + 17, y*13 + 5)
-    tex = (0.65*n1 + 0.35*n2)[..., None]
-    horizon = 0.58
-    sky = wy < horizon
-    c = np.zeros(wx.shape + (3,), np.float32)
-    def fill(mask, col, var=0.25):
-        col = np.asarray(col, np.float32)
-        c[mask] = (col*(1 - var + 2*var*tex[mask]))
-    if scene == 'beach':
-        fill(sky, (150, 200, 240), .12); fill(~sky & (wy < 0.66), (40, 90, 170), .3); fill(wy >= 0.66, (225, 200, 140), .3)
-    elif scene == 'forest':
-        trunks = (np.sin(x*25 + 3*n1) > 0.55)
-        fill(np.ones_like(sky), (50, 120, 50), .45); fill(trunks & sky, (90, 60, 35), .3); fill(~sky, (80, 70, 40), .4)
-    elif scene == 'city':
-        win = (np.mod(x*16, 1) < 0.5) & (np.mod(y*14, 1) < 0.5) & (_value_noise(grid, np.floor(x*16), np.floor(y*14)) > 0.4)
-        fill(sky, (120, 120, 130), .3); fill(sky & win, (240, 220, 120), .1); fill(~sky, (60, 60, 65), .35)
-    elif scene == 'snow':
-        fill(sky, (200, 215, 235), .1); fill(~sky, (240, 245, 250), .08)
-        c[...] -= (n2[..., None] > 0.75)*np.array([40, 30, 10], np.float32)
-    elif scene == 'room':
-        stripes = np.mod(x*8, 1) < 0.5
-        fill(sky, (210, 190, 150), .12); fill(sky & stripes, (170, 140, 100), .12)
-        plank = np.mod(x*4 + 0.5*np.floor(y*12), 1)
-        fill(~sky, (140, 95, 55), .3); c[~sky] *= (0.8 + 0.2*plank[~sky])[:, None]
-    elif scene == 'night':
-        fill(sky, (15, 20, 50), .3); fill(~sky, (25, 30, 35), .3)
-        stars = sky & (_value_noise(grid, x*30, y*30) > 0.8)
-        c[stars] = 240
-    return c
-
-def _person(spec, k, m, wx, wy, colour, layer):
-    "Draw the person of frame k (pose `m`) over world points (wx, wy) into `colour` and `layer`; return feature offsets."
-    ident = spec.identity
-    px, py = m['px'][k], m['py'][k]
-    hx, hy = px, 0.40 + py                                       # head centre
-    shape = ident.face_shape
-    ry = 0.17; rx = ry*[0.95, 0.8, 0.7, 0.85, 0.85][shape]
-    u, v = (wx - hx)/rx, (wy - hy)/ry                            # head-local coordinates
-    if shape == 3: head = np.abs(u)**4 + np.abs(v)**4 <= 1                       # square: superellipse
-    elif shape == 4: head = (u/(1 - 0.28*np.clip(v, 0, 1)))**2 + v**2 <= 1      # heart: narrow chin
-    else: head = u**2 + v**2 <= 1
-    skin = np.array(SKIN[ident.skin], np.float32); hair = np.array(HAIR[ident.hair_colour], np.float32)
-    cloth = np.array(COLOURS[spec.colour], np.float32)
-    # body: shoulders and torso, neck
-    bu, bv = (wx - px)/0.30, (wy - (0.86 + py))/0.22
-    body = (bu**2 + np.clip(bv, None, 0)**2 <= 1) & (wy >= 0.66 + py)
-    cb = np.broadcast_to(cloth, wx.shape + (3,)).copy()
-    if spec.garment == 'striped sweater': cb[np.mod((wy - py)*22, 1) < 0.5] *= 0.6
-    if spec.garment == 'jacket': cb[np.abs(wx - px) < 0.04] = (230, 230, 230)
-    neck = (np.abs(wx - px) < 0.05) & (wy > hy + 0.6*ry) & (wy < 0.72 + py)
-    for mask, col in ((body, cb), (neck, skin)):
-        colour[mask] = col[mask] if col.ndim > 1 else col; layer[mask] = BODY
-    # hair behind the head (long, bob), then the head
-    hs = ident.hair_style
-    back = np.zeros_like(head)
-    if hs == 2: back = (np.abs(u) < 1.25) & (v > -0.6) & (v < 2.2) & ((u/1.25)**2 + np.clip(v, None, 0)**2 <= 1.2)
-    if hs == 3: back = (np.abs(u) < 1.2) & (v > -0.6) & (v < 0.75)
-    colour[back] = hair*0.85; layer[back] = BODY
-    colour[head] = skin; layer[head] = BODY
-    # hair on top
-    top = (u**2 + v**2 <= 1.15**2) & (v < -0.35 + 0.05*np.cos(u*3))
-    if hs == 0: top = np.zeros_like(head)
-    if hs == 4: top = top | ((v < -0.3) & (v > -1.3) & (np.abs(u) < 0.95) & (np.mod(u*4, 1) > 2*(-v - 0.3)*0.5))
-    if hs == 5: top = top | ((u**2 + (v + 1.25)**2) <= 0.35**2)
-    colour[top] = hair; layer[top] = BODY
-    # face features move with yaw and pitch
-    ou, ov = 0.38*m['yaw'][k], 0.28*m['pitch'][k]
-    fu, fv = u - ou, v - ov
-    inside = head & ~top
-    def feat(mask, col):
-        mask = mask & inside
-        colour[mask] = col; layer[mask] = FEAT
-    ex = [0.28, 0.37, 0.46][ident.eye_spacing]
-    for s in (-1, 1):
-        d2 = ((fu - s*ex)/0.19)**2 + ((fv + 0.02)/0.13)**2
-        feat(d2 <= 1, (245, 245, 245))
-        feat(((fu - s*ex)/0.11)**2 + ((fv + 0.02)/0.11)**2 <= 1, EYES[ident.eye_colour])
-        bt = [0.05, 0.10, 0.07, 0.08][ident.brows]
-        lift = 0.08 if spec.expression == 'surprised' else 0.0
-        arch = 0.10*np.cos((fu - s*ex)*4) if ident.brows == 2 else 0.0
-        feat((np.abs(fu - s*ex) < 0.2) & (np.abs(fv + 0.27 + lift - (arch if ident.brows == 2 else 0) + 0.05) < bt), hair*0.7)
-    # beard / moustache (hair colour) under the mouth line
-    b = ident.beard
-    if b == 1: feat((fv > 0.25) & ((np.mod(wx*300, 1) < 0.5) ^ (np.mod(wy*300, 1) < 0.5)), skin*0.55 + hair*0.45)
-    if b == 2: feat((fv > 0.28) | ((np.abs(fu) > 0.55) & (fv > 0.05)), hair*0.95)
-    if b == 3: feat((np.abs(fu) < 0.32) & (fv > 0.26) & (fv < 0.38), hair*0.95)
-    # nose and mouth
-    feat((np.abs(fu) < 0.05) & (fv > 0.05) & (fv < 0.24), skin*0.8)
-    e = spec.expression
-    if e == 'neutral': feat((np.abs(fu) < 0.22) & (np.abs(fv - 0.48) < 0.04), (150, 60, 60))
-    if e == 'smiling': feat((np.abs(fu) < 0.26) & (np.abs(fv - 0.44 - 0.9*fu**2) < 0.05), (150, 50, 50))
-    if e == 'surprised': feat(((fu/0.12)**2 + ((fv - 0.5)/0.1)**2) <= 1, (90, 30, 30))
-    # glasses: dark frames around the eyes, with a bridge
-    g = ident.glasses
-    if g:
-        for s in (-1, 1):
-            if g == 1: r = np.sqrt(((fu - s*ex)/0.23)**2 + ((fv + 0.02)/0.2)**2); ring = (r > 0.8) & (r < 1.05)
-            else: q = np.maximum(np.abs(fu - s*ex)/0.24, np.abs(fv + 0.02)/0.19); ring = (q > 0.78) & (q < 1.02)
-            feat(ring, (20, 20, 25))
-        feat((np.abs(fu) < ex - 0.2) & (np.abs(fv + 0.02) < 0.035), (20, 20, 25))
-    # the waving arm: a skin-coloured forearm and hand beside the head, rotating about the elbow
-    ang = m['arm'][k]
-    if np.isfinite(ang):
-        ex_, ey_ = px + 0.24, 0.72 + py                          # pivot (elbow)
-        dx, dy = wx - ex_, wy - ey_
-        ca, sa = np.cos(-ang), np.sin(-ang)
-        lx, ly = ca*dx - sa*dy, sa*dx + ca*dy                   # arm-local: the arm points up (−y)
-        forearm = (np.abs(lx) < 0.035) & (ly < 0) & (ly > -0.26)
-        hand = (lx**2 + (ly + 0.30)**2) <= 0.06**2
-        colour[forearm] = cloth; layer[forearm] = ARM
-        colour[hand] = skin; layer[hand] = ARM
-    return (hx, hy, rx, ry), (ou, ov)
-
-# %% ../nbs/02_world.ipynb #c2dddb6f
-@dataclass
-class Rendered:
-    "A rendered video (F, H, W, 3) uint8 and its ground truth."
-    video: np.ndarray
-    spec: VideoSpec
-    flow: np.ndarray | None = None       # (F−1, H, W, 2) float32, pixels, (dx, dy) from frame f to f+1
-    valid: np.ndarray | None = None      # (F−1, H, W) bool: one layer, not occluded in frame f+1
-    head_box: np.ndarray | None = None   # (F, 4) float32: x0, y0, x1, y1 in pixels
-    layers: np.ndarray | None = None     # (F, H, W) uint8 majority layer
-
-def _camera(m, k, wx, wy):
-    "World → image (unit square) for frame k."
-    z = m['zoom'][k]
-    return (wx - m['cx'][k])*z + 0.5, (wy - m['cy'][k])*z + 0.5
-
-def _moved(m, k, layer, wx, wy, offs, spec):
-    "Where the world points (wx, wy) of frame k, on `layer`, are in frame k+1 (world coordinates)."
-    nx, ny = wx.copy(), wy.copy()
-    dpx, dpy = m['px'][k + 1] - m['px'][k], m['py'][k + 1] - m['py'][k]
-    person = layer != BG
-    nx[person] += dpx; ny[person] += dpy
-    (_, _, rx, ry), (ou0, ov0) = offs[k]; (_, _, _, _), (ou1, ov1) = offs[k + 1]
-    f = layer == FEAT
-    nx[f] += (ou1 - ou0)*rx; ny[f] += (ov1 - ov0)*ry
-    a = layer == ARM
-    if a.any():
-        ex_, ey_ = m['px'][k] + 0.24, 0.72 + m['py'][k]
-        d = m['arm'][k + 1] - m['arm'][k]
-        dx, dy = wx[a] - ex_, wy[a] - ey_
-        nx[a] = ex_ + dpx + np.cos(d)*dx - np.sin(d)*dy
-        ny[a] = ey_ + dpy + np.sin(d)*dx + np.cos(d)*dy
-    return nx, ny
-
-def render(spec: VideoSpec, ss: int = 2, ground_truth: bool = True) -> Rendered:
-    "Render `spec`: the video, and with `ground_truth` its flow, validity mask, head boxes and layers."
-    H = W = spec.size; S = H*ss; F = spec.frames
-    m = motion(spec)
-    grid = _noise_grid(0)
-    off = np.random.default_rng([spec.seed, 2]).uniform(0, 64, 2)
-    ii, jj = np.meshgrid((np.arange(S) + 0.5)/S, (np.arange(S) + 0.5)/S)  # image x (cols), y (rows) in [0, 1]
-    video = np.empty((F, H, W, 3), np.uint8)
-    L = spec.lighting
-    light = (L.brightness*np.asarray(L.tint, np.float32))[None, None]*(1 + L.gradient*(ii - 0.5))[..., None]
-    layers, worlds, offs, boxes = [], [], [], []
-    for k in range(F):
-        z = m['zoom'][k]
-        wx, wy = (ii - 0.5)/z + m['cx'][k], (jj - 0.5)/z + m['cy'][k]
-        colour = _background(spec.scene, wx, wy, grid, off)
-        layer = np.zeros((S, S), np.uint8)
-        (hx, hy, rx, ry), o = _person(spec, k, m, wx, wy, colour, layer)
-        offs.append(((hx, hy, rx, ry), o))
-        img = np.clip(colour*light, 0, 255).reshape(H, ss, W, ss, 3).mean((1, 3))
-        video[k] = np.round(img).astype(np.uint8)
-        if ground_truth:
-            layers.append(layer); worlds.append((wx, wy))
-            x0, y0 = _camera(m, k, hx - 1.25*rx, hy - 1.35*ry); x1, y1 = _camera(m, k, hx + 1.25*rx, hy + 1.1*ry)
-            boxes.append((x0*W, y0*H, x1*W, y1*H))
-    if not ground_truth: return Rendered(video, spec)
-    flow = np.zeros((max(F - 1, 0), H, W, 2), np.float32); valid = np.zeros((max(F - 1, 0), H, W), bool)
-    maj = np.zeros((F, H, W), np.uint8)
-    for k in range(F):
-        blocks = layers[k].reshape(H, ss, W, ss).transpose(0, 2, 1, 3).reshape(H, W, ss*ss)
-        maj[k] = np.stack([(blocks == l).sum(-1) for l in range(4)], -1).argmax(-1)
-    for k in range(F - 1):
-        wx, wy = worlds[k]
-        nx, ny = _moved(m, k, layers[k], wx, wy, offs, spec)
-        ix1, iy1 = _camera(m, k + 1, nx, ny)
-        d = np.stack([(ix1 - ii)*W, (iy1 - jj)*H], -1)            # flow in output pixels, per sample
-        flow[k] = d.reshape(H, ss, W, ss, 2).mean((1, 3))
-        blocks = layers[k].reshape(H, ss, W, ss)
-        pure = (blocks.min((1, 3)) == blocks.max((1, 3)))
-        cx = ((ii + d[..., 0]/W).reshape(H, ss, W, ss).mean((1, 3))*W).astype(int)
-        cy = ((jj + d[..., 1]/H).reshape(H, ss, W, ss).mean((1, 3))*H).astype(int)
-        inside = (cx >= 0) & (cx < W) & (cy >= 0) & (cy < H)
-        same = np.zeros_like(inside)
-        same[inside] = maj[k + 1][cy[inside], cx[inside]] == maj[k][inside]
-        valid[k] = pure & inside & same
-    return Rendered(video, spec, flow, valid, np.array(boxes, np.float32), maj)
-
 # %% ../nbs/02_world.ipynb #a75e530d
 TEMPLATES = [
     '{subj} {pres} wearing a {colour} {garment} {scene}',
@@ -449,8 +234,6 @@ def world_prompts(n: int, seed: int, token: str | None = None, exclude: Sequence
 
 def write_prompt_files(folder) -> dict:
     "Write data/prompts/eval_world.txt (40) and repository_world.txt (20); return their paths."
-    from pathlib import Path
-    from magicid.core import atomic_write
     ev = world_prompts(40, seed=2025)
     repo = world_prompts(20, seed=2026, exclude=ev)
     paths = {}
@@ -460,7 +243,6 @@ def write_prompt_files(folder) -> dict:
 
 def read_prompts(path) -> list[str]:
     "Prompts of a text file, one a line (blank lines and lines starting with # skipped)."
-    from pathlib import Path
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: no such prompt file")
     lines = [l.strip() for l in path.read_text(encoding='utf-8').splitlines()]
@@ -468,27 +250,13 @@ def read_prompts(path) -> list[str]:
     if not out: raise ValueError(f"{path}: no prompts in the file")
     return out
 
-# %% ../nbs/02_world.ipynb #8fa86452
-def render_prompt(prompt: str, identity: Identity, seed: int = 0, frames: int = 8, size: int = 32, ground_truth: bool = False) -> Rendered:
-    "Render the video `prompt` asks for, with `identity`; pose, expression and lighting drawn from `seed`."
-    q = parse_prompt(prompt)
-    rng = np.random.default_rng([seed, 3])
-    return render(sample_spec(identity, rng, q['action'], q['scene'], q['colour'], q['garment'], frames=frames, size=size),
-                  ground_truth=ground_truth)
+# %% ../nbs/02_world.ipynb #d1fae1de
+_all_ = ['SKIN', 'HAIR', 'EYES', 'Rendered', 'render', 'render_prompt', 'reference_images', 'inflate']   # in __all__ too
+_RENDERER = tuple(_all_)
 
-def reference_images(identity: Identity, k: int = 4, seed: int = 0, size: int = 32) -> np.ndarray:
-    "K static images (K, H, W, 3) uint8 of `identity`: varied pose, expression, lighting, scene and clothing."
-    if k < 1: raise ValueError(f"k={k}: need at least one reference image")
-    rng = np.random.default_rng([seed, 5])
-    imgs = []
-    for i in range(k):
-        sp = sample_spec(identity, rng, action='stand still', frames=1, size=size)
-        imgs.append(render(sp, ground_truth=False).video[0])
-    return np.stack(imgs)
-
-def inflate(images: np.ndarray, frames: int) -> np.ndarray:
-    "Static videos from images: (K, H, W, 3) → (K, F, H, W, 3), every frame the same image (V_id of Sec 3.2)."
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3: raise ValueError(f"images: expected shape (K, H, W, 3), got {images.shape}")
-    if frames < 1: raise ValueError(f"frames={frames} must be >= 1")
-    return np.repeat(images[:, None], frames, axis=1)
+def __getattr__(name: str):
+    "The renderer's public names (`magicid.world_render`), importable from `magicid.world`."
+    if name in _RENDERER:
+        from magicid import world_render   # lazy: world_render imports this module (a cycle if imported at the top)
+        return getattr(world_render, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -162,17 +162,41 @@ def test_save_load_roundtrip_and_missing(tmp_path):
         M.load_tiny_video_features(tmp_path/'empty')
     assert json.loads((tmp_path/'fvd_mini.json').read_text())['name'] == 'FVD-mini'
 
-def test_training_resumes_exactly(tmp_path):
-    "An interrupted run (checkpoint at step 2 of 4) resumed gives the same weights as an uninterrupted one."
-    v, a, s = M.render_labelled(12, 0, progress=False)
+@pytest.fixture(scope='module')
+def labelled():
+    return M.render_labelled(12, 0, progress=False)
+
+def test_training_resumes_exactly(tmp_path, labelled, monkeypatch):
+    "An interrupted run (killed after its checkpoint at step 2 of 4) resumed gives the same weights as an uninterrupted one."
+    v, a, s = labelled
     cfg = M.FvdMiniConfig(widths=(8, 8, 16, 16))
-    ck = tmp_path/'ck.pt'
-    full, log = M.train_fvd_mini(v, a, s, cfg, steps=4, batch_size=4, checkpoint=ck, checkpoint_every=2, log_every=1, progress=False)
-    assert ck.is_file() and torch.load(ck, weights_only=True)['step'] == 2 and len(log) == 4
-    resumed, log2 = M.train_fvd_mini(v, a, s, cfg, steps=4, batch_size=4, checkpoint=ck, checkpoint_every=2, log_every=1, progress=False)
+    full, log = M.train_fvd_mini(v, a, s, cfg, steps=4, batch_size=4, ckpt_dir=tmp_path/'full', save_every=2, log_every=1, progress=False)
+    assert torch.load(tmp_path/'full'/'state.pt', weights_only=True)['step'] == 4 and len(log) == 4
+    real = M.save_checkpoint
+    def save_then_die(ckpt_dir, step, *args, **kw):
+        real(ckpt_dir, step, *args, **kw)
+        if step == 2: raise KeyboardInterrupt
+    monkeypatch.setattr(M, 'save_checkpoint', save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        M.train_fvd_mini(v, a, s, cfg, steps=4, batch_size=4, ckpt_dir=tmp_path/'cut', save_every=2, log_every=1, progress=False)
+    monkeypatch.setattr(M, 'save_checkpoint', real)
+    assert torch.load(tmp_path/'cut'/'state.pt', weights_only=True)['step'] == 2
+    resumed, log2 = M.train_fvd_mini(v, a, s, cfg, steps=4, batch_size=4, ckpt_dir=tmp_path/'cut', save_every=2, log_every=1, progress=False)
     for (k, p), (_, q) in zip(full.state_dict().items(), resumed.state_dict().items()):
         torch.testing.assert_close(p, q, msg=k)
-    assert [r['step'] for r in log2] == [0, 1, 2, 3]
+    assert [r['step'] for r in log2] == [1, 2, 3, 4]                     # optimizer steps done
+
+def test_training_refuses_other_settings(tmp_path, labelled, capsys):
+    v, a, s = labelled
+    cfg = M.FvdMiniConfig(widths=(8, 8, 16, 16))
+    M.train_fvd_mini(v, a, s, cfg, steps=2, batch_size=4, ckpt_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"holds a FVD-mini run with other settings \(lr: 0.002 → 0.001\)"):
+        M.train_fvd_mini(v, a, s, cfg, steps=2, batch_size=4, lr=1e-3, ckpt_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"other settings \(data: '[0-9a-f]{16}' → '[0-9a-f]{16}'\)"):
+        M.train_fvd_mini(v[::-1].copy(), a[::-1].copy(), s[::-1].copy(), cfg, steps=2, batch_size=4, ckpt_dir=tmp_path, progress=False)
+    capsys.readouterr()
+    M.train_fvd_mini(v, a, s, cfg, steps=2, batch_size=4, ckpt_dir=tmp_path, progress=False)
+    assert capsys.readouterr().out == f"FVD-mini: resuming from step 2 of {tmp_path/'state.pt'}\n"
 
 def test_training_bad_inputs():
     v = np.zeros((3, 8, 32, 32, 3), np.uint8)

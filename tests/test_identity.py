@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import torch
 from magicid import world
-from magicid.identity import (TINY_ENCODERS, IDNetSpec, IDTrainConfig, InsightFaceEncoder, NoFaceError, OnnxArcFace,
-                              DlibEncoder, check_images, export_id_encoder, face_similarity, identity_similarity,
-                              load_tiny_id_encoder, pairwise_similarity, per_frame_similarity, reference_embeddings,
-                              render_id_dataset, tiny_encoder_path, to_model_input, train_id_encoder, verification_metrics,
-                              write_random_insightface_pack, roc_auc)
+import magicid.identity_train
+from magicid.identity import (InsightFaceEncoder, NoFaceError, OnnxArcFace, DlibEncoder, check_images, face_similarity,
+                              identity_similarity, load_tiny_id_encoder, pairwise_similarity, per_frame_similarity,
+                              reference_embeddings, tiny_encoder_path, verification_metrics, write_random_insightface_pack,
+                              roc_auc)
+from magicid.identity_train import (TINY_ENCODERS, IDNetSpec, IDTrainConfig, export_id_encoder, render_id_dataset,
+                                    to_model_input, train_id_encoder)
 
 
 @pytest.fixture(scope='module')
@@ -240,21 +242,55 @@ def test_dlib_missing_model_dir_names_it(tmp_path):
 
 # --- training → ONNX → insightface round trip ----------------------------------------------------------------------
 
-def test_training_export_round_trip(tmp_path):
+@pytest.fixture(scope='module')
+def tiny_run():
+    "16 training images of 4 identities and a config of 4 optimizer steps (batch 8, 2 epochs) of a very small net."
     X, Y, FAC = render_id_dataset('instrument', 4, 2, 2, seed=3)
     cfg = IDTrainConfig('t', 'instrument', seed=0, net=IDNetSpec((4, 8, 8), 32, 'att'), n_ids=4, videos_per_id=2,
                         frames_per_video=2, epochs=2.0, batch_size=8)
-    ck = tmp_path/'ck.pt'
-    model, log = train_id_encoder(cfg, X, Y, FAC, ckpt_path=ck, ckpt_every=1, log_every=1)
-    assert ck.is_file() and len(log) == 4 and {'arcface_loss', 'factor_loss', 'margin'} <= set(log[0])
+    return X, Y, FAC, cfg
+
+
+def test_training_export_round_trip(tmp_path, tiny_run):
+    X, Y, FAC, cfg = tiny_run
+    ck = tmp_path/'ck'
+    model, log = train_id_encoder(cfg, X, Y, FAC, ckpt_dir=ck, save_every=1, log_every=1)
+    assert (ck/'state.pt').is_file() and len(log) == 4 and {'arcface_loss', 'factor_loss', 'margin'} <= set(log[0])
+    assert [r['step'] for r in log] == [1, 2, 3, 4]                      # optimizer steps done
     # resuming a finished run does not train further and returns the same weights
-    model2, log2 = train_id_encoder(cfg, X, Y, FAC, ckpt_path=ck)
+    model2, log2 = train_id_encoder(cfg, X, Y, FAC, ckpt_dir=ck)
     for a, b in zip(model.state_dict().values(), model2.state_dict().values()): assert torch.equal(a, b)
     p = export_id_encoder(model, tmp_path/'t.onnx')
     enc = OnnxArcFace(p)
     with torch.no_grad(): ref = torch.nn.functional.normalize(model(to_model_input(X))).numpy()
     np.testing.assert_allclose(enc.embed(X), ref, atol=1e-4)
     assert enc.dim == 32
+
+
+def test_training_refuses_other_settings(tmp_path, tiny_run):
+    X, Y, FAC, cfg = tiny_run
+    train_id_encoder(cfg, X, Y, FAC, ckpt_dir=tmp_path, save_every=2)
+    with pytest.raises(ValueError, match=r"holds a tiny ID encoder \(t\) run with other settings \(lr: 0.003 → 0.001\)"):
+        train_id_encoder(replace(cfg, lr=1e-3), X, Y, FAC, ckpt_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"other settings \(data: '[0-9a-f]{16}' → '[0-9a-f]{16}'\)"):   # other images
+        train_id_encoder(cfg, X[::-1].copy(), Y, FAC, ckpt_dir=tmp_path)
+
+
+def test_training_resumes_after_a_stop(tmp_path, tiny_run, monkeypatch, capsys):
+    "Killed right after its checkpoint at step 2 of 4, the re-run ends with the weights of an uninterrupted run."
+    X, Y, FAC, cfg = tiny_run
+    full, log = train_id_encoder(cfg, X, Y, FAC, ckpt_dir=tmp_path/'full', save_every=2, log_every=1)
+    real = magicid.identity_train.save_checkpoint
+    def save_then_die(ckpt_dir, step, *a, **k):
+        real(ckpt_dir, step, *a, **k)
+        if step == 2: raise KeyboardInterrupt
+    monkeypatch.setattr(magicid.identity_train, 'save_checkpoint', save_then_die)
+    with pytest.raises(KeyboardInterrupt): train_id_encoder(cfg, X, Y, FAC, ckpt_dir=tmp_path/'cut', save_every=2, log_every=1)
+    monkeypatch.setattr(magicid.identity_train, 'save_checkpoint', real)
+    resumed, log2 = train_id_encoder(cfg, X, Y, FAC, ckpt_dir=tmp_path/'cut', save_every=2, log_every=1)
+    assert f"resuming from step 2 of {tmp_path/'cut'/'state.pt'}" in capsys.readouterr().out
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()): assert torch.equal(a, b), k
+    assert [r['step'] for r in log2] == [1, 2, 3, 4] and [r['arcface_loss'] for r in log2] == [r['arcface_loss'] for r in log]
 
 
 def test_train_config_validation():

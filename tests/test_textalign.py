@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 from magicid import world as W
-from magicid.textalign import (ClipScorer, ClipTrainConfig, VLMRater, build_tokenizer, grammar_words, load_tiny_clip,
-                               parse_rating, save_tiny_random_vlm, semantic_score, tiny_clip_dir, to_pixels, train_tiny_clip,
-                               verify_folder, windows)
+import magicid.textalign_train
+from magicid.textalign import (ClipScorer, VLMRater, build_tokenizer, grammar_words, load_tiny_clip, parse_rating,
+                               save_tiny_random_vlm, semantic_score, tiny_clip_dir, to_pixels, verify_folder, windows)
+from magicid.textalign_train import ClipTrainConfig, train_tiny_clip
 
 
 @pytest.fixture(scope='module')
@@ -29,7 +30,7 @@ def test_shipped_folder_loads_like_a_checkpoint():
     m, tok = CLIPModel.from_pretrained(d), AutoTokenizer.from_pretrained(d)
     assert m.config.vision_config.num_channels == 24 and m.config.text_config.eos_token_id == tok.eos_token_id
     assert sum(f.stat().st_size for f in d.iterdir()) < 8e6                      # a few MB
-    assert 'magicid-run --scale tiny --only 05_clip -p retrain=True' in (d/'README.md').read_text()
+    assert 'magicid-run --scale tiny --only 05a_clip_training -p retrain=True' in (d/'README.md').read_text()
 
 
 def test_shapes_and_norms(tiny, video):
@@ -196,13 +197,32 @@ def test_train_resume(tmp_path):
     logs = []
     r = train_tiny_clip(cfg, tmp_path, log=logs.append, save_every=2)
     assert len(r['history']) == 3 and all(np.isfinite(h['loss']) for h in r['history'])
-    cfg2 = replace(cfg, steps=4)                                   # another config: starts afresh
-    r2 = train_tiny_clip(cfg2, tmp_path, log=logs.append, save_every=2)
-    assert any('starting afresh' in l for l in logs) and len(r2['history']) == 4
+    assert [h['step'] for h in r['history']] == [1, 2, 3]                      # optimizer steps done
+    cfg2 = replace(cfg, steps=4)                                   # another config: refused, naming the difference
+    with pytest.raises(ValueError, match=r"holds a tiny CLIP run with other settings \(steps: 3 → 4\)"):
+        train_tiny_clip(cfg2, tmp_path, log=logs.append, save_every=2)
     logs.clear()
-    r3 = train_tiny_clip(cfg2, tmp_path, log=logs.append, save_every=2)   # same config, finished: resumes at step 4
-    assert any('resuming from step 4' in l for l in logs) and len(r3['history']) == 4
+    r3 = train_tiny_clip(replace(cfg, time_budget_s=60.0), tmp_path, log=logs.append)   # the time budget is no setting
+    assert logs == [f"tiny CLIP: resuming from step 3 of {tmp_path/'state.pt'}"] and len(r3['history']) == 3
     assert len(list(tmp_path.glob('videos_*.npy'))) == 1                  # rendered once, cached
+
+
+def test_train_resumes_after_a_stop(tmp_path, monkeypatch):
+    "Killed right after its checkpoint at step 2 of 4, the re-run ends with the weights of an uninterrupted run."
+    cfg = ClipTrainConfig(n_videos=24, steps=4, batch_size=8, hidden=32, vision_layers=1, text_layers=1, projection_dim=16)
+    full = train_tiny_clip(cfg, tmp_path/'full', log=lambda s: None, save_every=2)
+    real = magicid.textalign_train.save_checkpoint
+    def save_then_die(ckpt_dir, step, *a, **k):
+        real(ckpt_dir, step, *a, **k)
+        if step == 2: raise KeyboardInterrupt
+    monkeypatch.setattr(magicid.textalign_train, 'save_checkpoint', save_then_die)
+    with pytest.raises(KeyboardInterrupt): train_tiny_clip(cfg, tmp_path/'cut', log=lambda s: None, save_every=2)
+    monkeypatch.setattr(magicid.textalign_train, 'save_checkpoint', real)
+    logs = []
+    resumed = train_tiny_clip(cfg, tmp_path/'cut', log=logs.append, save_every=2)
+    assert logs[0] == f"tiny CLIP: resuming from step 2 of {tmp_path/'cut'/'state.pt'}"
+    for (k, a), b in zip(full['model'].state_dict().items(), resumed['model'].state_dict().values()): assert torch.equal(a, b), k
+    assert [h['loss'] for h in resumed['history']] == [h['loss'] for h in full['history']]
 
 
 def test_tokenizer_roundtrip(tmp_path):
