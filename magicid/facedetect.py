@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
-from . import world
+from . import world, world_render
 from .core import SCALES, check_choice, repo_root, atomic_path, atomic_write, write_weights_readme, verify_weights
 from .checkpoint import load_checkpoint, save_checkpoint, save_due
 from .identity import NoFaceError, check_images, InsightFaceEncoder
@@ -100,11 +100,11 @@ def noise_images(n: int, rng: np.random.Generator, size: int = 32) -> np.ndarray
 def background_images(n: int, rng: np.random.Generator, size: int = 32, ss: int = 2) -> np.ndarray:
     "World scenes with nobody in them: the renderer's scene texture, a random camera (zoom ×1–1.75) and lighting."
     ii, jj = _grid(size*ss)
-    grid, scenes = world._noise_grid(0), list(world.SCENES)    # the renderer's texture and scenes
+    grid, scenes = world_render._noise_grid(0), list(world.SCENES)    # the renderer's own texture and scenes (its private helpers: drawn exactly as it draws)
     out = np.empty((n, size, size, 3), np.uint8)
     for k in range(n):
         z, cx, cy = rng.uniform(1, 1.75), rng.uniform(0.25, 0.75), rng.uniform(0.4, 0.55)
-        colour = world._background(scenes[rng.integers(len(scenes))], (ii - 0.5)/z + cx, (jj - 0.5)/z + cy, grid, rng.uniform(0, 64, 2))
+        colour = world_render._background(scenes[rng.integers(len(scenes))], (ii - 0.5)/z + cx, (jj - 0.5)/z + cy, grid, rng.uniform(0, 64, 2))
         light = rng.uniform(0.75, 1.2)*rng.uniform(0.88, 1.12, 3)[None, None]*(1 + rng.uniform(-0.3, 0.3)*(ii - 0.5))[..., None]
         out[k] = _u8((colour*light).clip(0, 255).reshape(size, ss, size, ss, 3).mean((1, 3)))
     return out
