@@ -151,7 +151,9 @@ def test_the_repository_bar_moves_per_video(backbone_dir, refs_dir, tmp_path, mo
     monkeypatch.setattr(repository, 'tqdm', Bar)
     refs = world.reference_images(world.sample_identities('dev', 1, 3)[0], 2, 0)
     rc = repository.RepositoryConfig(n_prompts=2, n_t=3, n_s=2, sample_steps=1, batch_size=8)
-    repository.build_repository(load_backbone(backbone_dir), refs, repository.load_prompts(n=2), tmp_path, rc, rewards.tiny_rewarder(refs))
+    from magicid.backbone import add_lora
+    pipe = load_backbone(backbone_dir); add_lora(pipe, 2)                     # V_s: the same model, its adapter disabled
+    repository.build_repository(pipe, refs, repository.load_prompts(n=2), tmp_path, rc, rewards.tiny_rewarder(refs))
     assert steps == [1]*7
 
 # --- kill -9 in each stage, run again: the same pairs, metrics and LoRA as an uninterrupted run -------------------------
