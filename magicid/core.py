@@ -4,7 +4,8 @@
 
 # %% ../nbs/00_core.ipynb #5a4c5794
 from __future__ import annotations
-import dataclasses, os, random, tempfile, csv, io, json, math, numbers
+import dataclasses, os, random, tempfile, csv, io, json, math, numbers, hashlib
+import yaml
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -114,7 +115,7 @@ def save_table(rows: Sequence[dict], path: str | os.PathLike, floatfmt: str = '.
 # %% ../nbs/00_core.ipynb #dfc86053
 def seed_everything(seed: int) -> int:
     "Seed Python, NumPy and torch (CPU and CUDA) with `seed`; return it."
-    import numpy as np, torch
+    import numpy as np, torch   # lazy: core is imported by every module and the runner; torch loads only for seeding
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
     return seed
 
@@ -151,21 +152,19 @@ class ScaleConfig:
         check_choice('dtype', self.dtype, ['float32', 'bfloat16'])
         check_choice('backbone', self.backbone, ['tiny', 'wan2.1-t2v-1.3b', 'hunyuanvideo'])
         for f in fields(self):
-            v, t = getattr(self, f.name), f.type
+            v, t = getattr(self, f.name), f.type.removesuffix(' | None')
+            if v is None and f.type.endswith(' | None'): continue             # unset: the default of whoever reads it
             if t in ('int', 'float') and (isinstance(v, bool) or not isinstance(v, (int, float))
                                           or (t == 'int' and not isinstance(v, int))):
                 raise TypeError(f"{self.name}: {f.name}={v!r} must be {'an int' if t == 'int' else 'a number'}")
             if t in ('int', 'float') and f.name != 'seed' and v <= 0:
                 raise ValueError(f"{self.name}: {f.name}={v!r} must be > 0")
-        for k in ('lr', 'weight_decay'):
-            if getattr(self, k) is not None: check_number(f"{self.name}: {k}", getattr(self, k), 0, strict=k == 'lr')
         if not isinstance(self.notebooks, dict):
             raise TypeError(f"{self.name}: notebooks must be a mapping notebook -> {{parameter: value}}")
         return self
 
 # %% ../nbs/00_core.ipynb #9689585e
 def _read_yaml(path: Path) -> Any:
-    import yaml
     if not path.is_file(): raise FileNotFoundError(f"{path}: no such file")
     try: return yaml.safe_load(path.read_text(encoding='utf-8')) or {}
     except yaml.YAMLError as e: raise ValueError(f"{path}: not valid YAML ({e})") from None
@@ -195,7 +194,6 @@ def load_chain(params: str | os.PathLike | None = None) -> list[str]:
 # %% ../nbs/00_core.ipynb #39096a32
 def sha256_file(path) -> str:
     "sha256 of a file, hex."
-    import hashlib
     h = hashlib.sha256()
     with open(path, 'rb') as f:
         for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
