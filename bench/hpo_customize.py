@@ -1,5 +1,6 @@
 """Speed of MagicID on this CPU: HPO step ÷ DreamBooth step on the same number of videos (one run, interleaved), the wall
-time of `customize` for one identity, and peak RSS. Prints JSON (one line).
+time of `customize` for one identity, and peak RSS. Prints JSON: one line after the step timings, one more (all of it)
+at the end, so an interrupted run keeps what it measured.
 
 An HPO step with B pairs sees 2B videos (policy forward + backward on winners and losers, one reference forward with the
 adapters disabled); the DreamBooth step it is compared with sees 2B videos too. Both are timed through the library's own
@@ -49,13 +50,15 @@ def main():
     res = dict(bench='magicid', scale=a.scale, pairs_per_step=a.pairs, videos_per_step=2*a.pairs, steps=len(t_db),
                dreambooth_step_s=round(statistics.median(t_db), 4), hpo_step_s=round(statistics.median(t_hpo), 4))
     res['hpo_over_dreambooth'] = round(res['hpo_step_s']/res['dreambooth_step_s'], 3)
+    print(json.dumps(res), flush=True)                                   # the step times, before the (long) customize run
     if a.customize:
         cfg = customize.CustomizeConfig.from_scale(a.scale)
         t0 = time.perf_counter()
         rec = customize.customize(refs, tmp/'run', cfg, progress=False, log=lambda *x: None)
         res['customize_wall_s'] = round(time.perf_counter() - t0, 1)
         res['customize_stage_s'] = rec['seconds']
-        res['customize_settings'] = dict(init_steps=cfg.init_steps, hpo_steps=cfg.hpo_steps, n_t=cfg.n_t, n_s=cfg.n_s, n_prompts=cfg.n_prompts)
+        res['customize_settings'] = dict(init_steps=cfg.initial.steps, hpo_steps=cfg.hpo.steps, n_t=cfg.repository.n_t,
+                                        n_s=cfg.repository.n_s, n_prompts=cfg.repository.n_prompts)
     res.update(peak_rss_MiB=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024, 1), torch_threads=torch.get_num_threads(),
                cpu_count=os.cpu_count(), load_avg_1min=round(os.getloadavg()[0], 2), machine=platform.machine())
     print(json.dumps(res))

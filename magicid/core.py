@@ -4,16 +4,17 @@
 
 # %% ../nbs/00_core.ipynb #5a4c5794
 from __future__ import annotations
-import dataclasses, os, random, tempfile, csv, io, json
+import dataclasses, os, random, tempfile, csv, io, json, math, numbers, hashlib
+import yaml
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 # %% auto #0
-__all__ = ['SCALES', 'check_choice', 'repo_root', 'params_dir', 'reports_root', 'reports_dir', 'atomic_path', 'atomic_write',
-           'save_figure', 'save_table', 'seed_everything', 'ScaleConfig', 'load_scale', 'load_chain', 'sha256_file',
-           'write_weights_readme', 'verify_weights']
+__all__ = ['SCALES', 'check_choice', 'check_number', 'repo_root', 'params_dir', 'reports_root', 'reports_dir', 'atomic_path',
+           'atomic_write', 'save_figure', 'save_table', 'seed_everything', 'ScaleConfig', 'load_scale', 'load_chain',
+           'sha256_file', 'write_weights_readme', 'verify_weights']
 
 # %% ../nbs/00_core.ipynb #2dabcecf
 SCALES = ('smoke', 'tiny', 'h100', 'paper')  # the scale ladder, smallest first
@@ -24,6 +25,15 @@ def check_choice(name: str, value, valid: Iterable):
     valid = list(valid)
     if value not in valid:
         raise ValueError(f"{name}={value!r} is not valid; choose one of: {', '.join(map(str, valid))}")
+    return value
+
+def check_number(name: str, value, lo: float | None = None, strict: bool = False, integer: bool = False):
+    "Return `value` if it is a finite number (an int if `integer`) ≥ `lo` (> `lo` if `strict`), else raise a `ValueError` naming `name`, the value and the valid range."
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Integral if integer else numbers.Real)
+    ok = ok and math.isfinite(value) and (lo is None or (value > lo if strict else value >= lo))
+    if not ok:
+        rng = '' if lo is None else f" {'>' if strict else '>='} {lo}"
+        raise ValueError(f"{name}={value!r} must be {'an int' if integer else 'a finite number'}{rng}")
     return value
 
 # %% ../nbs/00_core.ipynb #5b894e0a
@@ -105,7 +115,7 @@ def save_table(rows: Sequence[dict], path: str | os.PathLike, floatfmt: str = '.
 # %% ../nbs/00_core.ipynb #dfc86053
 def seed_everything(seed: int) -> int:
     "Seed Python, NumPy and torch (CPU and CUDA) with `seed`; return it."
-    import numpy as np, torch
+    import numpy as np, torch   # lazy: core is imported by every module and the runner; torch loads only for seeding
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
     return seed
 
@@ -124,18 +134,13 @@ class ScaleConfig:
     n_videos_lora: int = 100         # |V_t|: videos of the initial LoRA model (Supp A: 100)
     n_videos_orig: int = 20          # |V_s|: videos of the original model (Supp A: 20)
     top_pairs: int = 100             # dynamic pairs kept after ranking by ID gap (Sec 3.4, Supp A: 100)
-    lr: float = 2e-5                 # AdamW learning rate (Sec 4.1)
-    weight_decay: float = 1e-4       # AdamW weight decay (Sec 4.1)
+    lr: float | None = None          # AdamW learning rate of both trainers; None: their own default (Sec 4.1: 2e-5)
+    weight_decay: float | None = None  # AdamW weight decay of both trainers; None: their own default (Sec 4.1: 1e-4)
     init_steps: int = 1000           # initial customization steps (Sec 4.1)
     hpo_steps: int = 5000            # hybrid preference optimization steps (Sec 4.1)
-    sampler: str = 'ddim'            # 'ddim' (Supp A) or 'flow' (Euler on the rectified flow)
     sample_steps: int = 50           # sampling steps (Supp A: 50 DDIM steps)
     cfg_scale: float = 7.5           # classifier-free guidance (Supp A: 7.5)
     num_frames: int = 61             # frames per generated video (Supp A: 61)
-    height: int = 720                # (Supp A: 720)
-    width: int = 1280                # (Supp A: 1280)
-    n_eval_identities: int = 40      # evaluation characters (Sec 4.1: 40)
-    n_eval_prompts: int = 40         # action-specific evaluation prompts (Sec 4.1: 40)
     notebooks: dict = field(default_factory=dict)  # papermill parameters per notebook of the chain
 
     def __post_init__(self): self.validate()
@@ -146,9 +151,9 @@ class ScaleConfig:
         check_choice('device', self.device, ['cpu', 'cuda', 'auto'])
         check_choice('dtype', self.dtype, ['float32', 'bfloat16'])
         check_choice('backbone', self.backbone, ['tiny', 'wan2.1-t2v-1.3b', 'hunyuanvideo'])
-        check_choice('sampler', self.sampler, ['ddim', 'flow'])
         for f in fields(self):
-            v, t = getattr(self, f.name), f.type
+            v, t = getattr(self, f.name), f.type.removesuffix(' | None')
+            if v is None and f.type.endswith(' | None'): continue             # unset: the default of whoever reads it
             if t in ('int', 'float') and (isinstance(v, bool) or not isinstance(v, (int, float))
                                           or (t == 'int' and not isinstance(v, int))):
                 raise TypeError(f"{self.name}: {f.name}={v!r} must be {'an int' if t == 'int' else 'a number'}")
@@ -160,7 +165,6 @@ class ScaleConfig:
 
 # %% ../nbs/00_core.ipynb #9689585e
 def _read_yaml(path: Path) -> Any:
-    import yaml
     if not path.is_file(): raise FileNotFoundError(f"{path}: no such file")
     try: return yaml.safe_load(path.read_text(encoding='utf-8')) or {}
     except yaml.YAMLError as e: raise ValueError(f"{path}: not valid YAML ({e})") from None
@@ -190,7 +194,6 @@ def load_chain(params: str | os.PathLike | None = None) -> list[str]:
 # %% ../nbs/00_core.ipynb #39096a32
 def sha256_file(path) -> str:
     "sha256 of a file, hex."
-    import hashlib
     h = hashlib.sha256()
     with open(path, 'rb') as f:
         for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)

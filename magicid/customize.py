@@ -4,199 +4,246 @@
 
 # %% ../nbs/15_magicid.ipynb #639882e7
 from __future__ import annotations
-import argparse, json, os, platform, shutil, sys, time
-from dataclasses import dataclass, asdict, field, fields
+import argparse, importlib.metadata, json, os, platform, sys, time
+from dataclasses import dataclass, asdict, field, fields, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 import numpy as np
-import torch
-from . import core
-from .core import check_choice, atomic_write
+from . import core, dreambooth, repository, selection, hpo, media, rewards
+from .core import check_choice, check_number, atomic_write
+from .checkpoint import settings_diff
+from .backbone import load_scale_backbone
+from .dreambooth import DreamBoothConfig
+from .repository import RepositoryConfig
+from .selection import SelectionConfig
+from .hpo import HPOConfig
+from .identity import InsightFaceEncoder
+from .motion import load_raft
+from .textalign import VLMRater
+from .run import parse_value
 
 # %% auto #0
-__all__ = ['CustomizeConfig', 'load_run_backbone', 'make_rewarder', 'check_resumable', 'select_pairs', 'customize', 'main']
+__all__ = ['STAGES', 'SHARED', 'SCHEDULES', 'CustomizeConfig', 'load_run_backbone', 'make_rewarder', 'check_refs', 'check_inputs',
+           'check_resumable', 'select_pairs', 'customize', 'silence_progress', 'main']
 
 # %% ../nbs/15_magicid.ipynb #9ac2b8d3
+STAGES = dict(initial=DreamBoothConfig, repository=RepositoryConfig, selection=SelectionConfig,
+              hpo=HPOConfig)   # the stages' configs, in the order the stages run
+SHARED = dict(token=('initial', 'repository'), seed=('initial', 'repository', 'hpo'), frames=('initial', 'repository'),
+              save_every=('initial', 'hpo'))   # run-level settings handed down to these stages
+SCHEDULES = ('two_stage', 'joint')
+
+def _stage(name: str, cls, kw: dict, shared: Sequence[str] = ()):
+    "`cls(**kw)`; an error names the setting as it is set: `<name>.<field>=<value>`, or `<field>=<value>` for a shared one."
+    try: return cls(**kw)
+    except (TypeError, ValueError) as e:
+        msg = str(e).replace(f'{cls.__name__}.', f'{name}.')
+        for k in shared: msg = msg.replace(f'{name}.{k}=', f'{k}=')
+        raise ValueError(msg) from None
+
 @dataclass
 class CustomizeConfig:
-    "Every setting of one MagicID customization run."
+    "Every setting of one MagicID run: run-level settings, then one config per stage (each checks its own values)."
     scale: str = 'tiny'
-    token: str = 'sks'
     backbone_dir: str | None = None   # default: data/backbone (smoke/tiny) or the scale's weights_dir
-    # stage 1: initial LoRA (Sec 3.2, 4.1)
-    rank: int = 8
-    init_steps: int = 1000
-    init_lr: float = 2e-5
-    weight_decay: float = 1e-4
-    init_batch_size: int = 4
-    frames_mode: str = 'inflate'
-    # stage 2: repository (Supp A)
-    prompts_file: str | None = None
-    n_prompts: int = 20
-    n_t: int = 100
-    n_s: int = 20
-    frames: int = 8
-    sample_steps: int = 25
-    cfg_scale: float = 4.5
-    eta: float = 0.0                  # sampler: 0 ODE (Euler), > 0 stochastic flow sampler
-    # stage 4: selection (Sec 3.4)
-    delta: float = 1.0
-    tau: float = 3.0
-    tau_mode: str = 'one_sided'
-    top_k: int = 100
-    n_fronts: int = 1
-    same_prompt: bool = True
-    # stage 5: HPO (Sec 3.5, Supp D)
-    beta: float | None = None
-    hpo_steps: int = 5000
-    hpo_lr: float = 2e-5
-    hpo_batch_size: int = 2
-    hpo_rank: int = 8
-    schedule: str = 'two_stage'
-    stage1_fraction: float = 0.5
-    resample_vt: bool = False         # stage 2: True samples V_t again from the model after stage 1 (Sec 1; 16_study)
-    save_every: int = 100
-    # output
-    n_samples: int = 4
-    seed: int = 0
+    prompts_file: str | None = None   # default: data/prompts/repository_world.txt (repository.load_prompts)
+    token: str = DreamBoothConfig.token       # shared: the identity token of stages 1–2 and the samples
+    seed: int = DreamBoothConfig.seed         # shared: stages 1, 2 and 5 (the samples: seed + 7)
+    frames: int = RepositoryConfig.frames     # shared: F of the training and generated videos
+    save_every: int = HPOConfig.save_every           # shared: checkpoint interval of both trainers
+    schedule: str = 'two_stage'       # 'two_stage': P_id, then P_id ∪ P_dy (Sec 3.4); 'joint': P_id ∪ P_dy throughout
+    stage1_fraction: float = 0.5      # two_stage: the share of hpo.steps trained on P_id
+    resample_vt: bool = False         # two_stage: True samples V_t again from the model after stage 1 (Sec 1; 16_study)
+    n_samples: int = 4                # sample videos of the result
+    initial: DreamBoothConfig = field(default_factory=DreamBoothConfig)   # stage 1 (Sec 3.2, 4.1)
+    repository: RepositoryConfig = field(default_factory=RepositoryConfig)  # stages 2–3 (Supp A)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)      # stage 4 (Sec 3.4)
+    hpo: HPOConfig = field(default_factory=HPOConfig)                                    # stage 5 (Sec 3.5, Supp D)
 
     def __post_init__(self):
         check_choice('scale', self.scale, core.SCALES)
-        check_choice('schedule', self.schedule, ['two_stage', 'joint'])
-        check_choice('frames_mode', self.frames_mode, ['inflate', 'single'])
-        check_choice('tau_mode', self.tau_mode, ['one_sided', 'two_sided'])
-        if not 0 < self.stage1_fraction < 1: raise ValueError(f"stage1_fraction={self.stage1_fraction} must be in (0, 1)")
-        for k in ('init_steps', 'hpo_steps', 'n_prompts', 'frames', 'sample_steps', 'top_k', 'n_fronts', 'rank', 'hpo_rank', 'save_every'):
-            if not (isinstance(getattr(self, k), int) and getattr(self, k) >= 1): raise ValueError(f"CustomizeConfig.{k}={getattr(self, k)!r} must be an int >= 1")
+        check_choice('schedule', self.schedule, SCHEDULES)
+        if isinstance(self.stage1_fraction, bool) or not (isinstance(self.stage1_fraction, (int, float)) and 0 < self.stage1_fraction < 1):
+            raise ValueError(f"stage1_fraction={self.stage1_fraction!r} must be a number in (0, 1)")
+        if not isinstance(self.resample_vt, bool): raise ValueError(f"resample_vt={self.resample_vt!r} must be true or false")
+        check_number('n_samples', self.n_samples, 1, integer=True)
+        for k in ('backbone_dir', 'prompts_file'):
+            v = getattr(self, k)
+            if not (v is None or isinstance(v, (str, os.PathLike))): raise ValueError(f"{k}={v!r} must be a folder/file path or null")
+            setattr(self, k, None if v is None else str(v))
+        for name, cls in STAGES.items():                                  # each stage checks its values; shared ones come from here
+            st, shared = getattr(self, name), [k for k, stages in SHARED.items() if name in stages]
+            kw = asdict(st) if isinstance(st, cls) else dict(st) if isinstance(st, dict) else None
+            if kw is None: raise ValueError(f"{name}={st!r} must be a {cls.__name__} (or a mapping of its fields)")
+            setattr(self, name, _stage(name, cls, kw | {k: getattr(self, k) for k in shared}, shared))
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        "Every setting's key: the run-level names, then `<stage>.<field>` (a shared field only at the run level)."
+        return ([f.name for f in fields(cls) if f.name not in STAGES] +
+                [f'{s}.{f.name}' for s, c in STAGES.items() for f in fields(c) if s not in SHARED.get(f.name, ())])
+
+    def flat(self) -> dict:
+        "The settings as {key: value} with the keys of `keys()`."
+        d = asdict(self)
+        return {k: (d[k.split('.')[0]][k.split('.')[1]] if '.' in k else d[k]) for k in self.keys()}
 
     @classmethod
     def from_scale(cls, scale: str = 'tiny', **overrides) -> 'CustomizeConfig':
-        "Defaults of the rung `scale` (nbs/params/<scale>.yaml), then `overrides`."
-        bad = sorted(set(overrides) - {f.name for f in fields(cls)})
-        if bad: raise ValueError(f"unknown setting(s) {bad}; valid: {', '.join(f.name for f in fields(cls))}")
+        """Defaults of the rung `scale` (nbs/params/<scale>.yaml), then `overrides`: run-level names and dotted keys
+        (`**{'selection.delta': 1.5}`), or a stage name with a mapping (`selection={'delta': 1.5}`)."""
+        flat = {}
+        for k, v in overrides.items():
+            if k in STAGES and isinstance(v, dict): flat.update({f'{k}.{a}': b for a, b in v.items()})
+            else: flat[k] = v
+        bad = sorted(set(flat) - set(cls.keys()))
+        if bad: raise ValueError(f"unknown setting(s) {bad}; valid: {', '.join(cls.keys())}")
         s = core.load_scale(scale)
-        base = dict(scale=scale, init_steps=s.init_steps, hpo_steps=s.hpo_steps, init_lr=s.lr, hpo_lr=s.lr, weight_decay=s.weight_decay,
-                    n_prompts=s.n_prompts, n_t=s.n_videos_lora, n_s=s.n_videos_orig, top_k=s.top_pairs, sample_steps=s.sample_steps,
-                    cfg_scale=s.cfg_scale, frames=s.num_frames, seed=s.seed,
-                    backbone_dir=s.weights_dir if s.backbone != 'tiny' else None,
-                    save_every=max(1, min(100, s.hpo_steps//4)))
-        return cls(**(base | overrides))
+        base = {'initial.steps': s.init_steps, 'hpo.steps': s.hpo_steps, 'repository.n_prompts': s.n_prompts,
+                'repository.n_t': s.n_videos_lora, 'repository.n_s': s.n_videos_orig, 'selection.top_k': s.top_pairs,
+                'repository.sample_steps': s.sample_steps, 'repository.cfg_scale': s.cfg_scale, 'frames': s.num_frames,
+                'seed': s.seed, 'backbone_dir': s.weights_dir if s.backbone != 'tiny' else None,
+                'save_every': max(1, min(100, s.hpo_steps//4))}
+        for k in ('lr', 'weight_decay'):                                  # None: the trainers' own defaults
+            if getattr(s, k) is not None: base |= {f'initial.{k}': getattr(s, k), f'hpo.{k}': getattr(s, k)}
+        tree = {}
+        for k, v in (base | flat | {'scale': scale}).items():
+            if '.' in k: tree.setdefault(k.split('.')[0], {})[k.split('.')[1]] = v
+            else: tree[k] = v
+        return cls(**tree)
 
 # %% ../nbs/15_magicid.ipynb #c91d2d40
 def load_run_backbone(cfg: CustomizeConfig):
     "The backbone of `cfg` (`backbone.load_scale_backbone`)."
-    from magicid.backbone import load_scale_backbone
     return load_scale_backbone(cfg.scale, cfg.backbone_dir)
 
 def make_rewarder(cfg: CustomizeConfig, refs, id_pack_dir=None, vlm_dir=None, raft_weights=None):
     "The rewarder R_id, R_dy, R_sem of `cfg.scale` (reward ID encoder — never the evaluation one)."
-    from magicid import rewards
     if core.load_scale(cfg.scale).backbone == 'tiny' and id_pack_dir is None: return rewards.tiny_rewarder(refs)
-    from magicid.identity import InsightFaceEncoder
-    from magicid.textalign import VLMRater
     if id_pack_dir is None: raise ValueError("id_pack_dir: the real reward ID encoder (an insightface model pack folder) is needed at this scale")
-    flow = 'dis'
-    if raft_weights is not None:
-        from magicid.motion import load_raft
-        flow = load_raft(raft_weights)
+    flow = load_raft(raft_weights) if raft_weights is not None else 'dis'
     return rewards.Rewarder(InsightFaceEncoder(id_pack_dir), refs, None, flow, vlm=VLMRater(vlm_dir) if vlm_dir else None)
 
 # %% ../nbs/15_magicid.ipynb #a292409a
 def _versions() -> dict:
-    import importlib.metadata as md
     v = {}
     for p in ('magicid', 'torch', 'diffusers', 'transformers', 'peft', 'numpy', 'opencv-python', 'insightface', 'onnxruntime'):
-        try: v[p] = md.version(p)
-        except md.PackageNotFoundError: v[p] = None
+        try: v[p] = importlib.metadata.version(p)
+        except importlib.metadata.PackageNotFoundError: v[p] = None
     return v | dict(python=platform.python_version(), machine=platform.machine())
 
 def _pairs_to_training(rows, pairs, folder) -> list[dict]:
-    from magicid.repository import load_row_video
-    return [dict(prompt=p['prompt'], win=load_row_video(folder, rows[p['win']]), lose=load_row_video(folder, rows[p['lose']])) for p in pairs]
+    return [dict(prompt=p['prompt'], win=repository.load_row_video(folder, rows[p['win']]),
+                 lose=repository.load_row_video(folder, rows[p['lose']])) for p in pairs]
+
+def _ref_names(src) -> list[str]:
+    "The names of reference images in the order `media.load_images` reads them (file names, or refs[i] for arrays)."
+    if isinstance(src, np.ndarray): return [f'refs[{i}]' for i in range(len(src) if src.ndim == 4 else 1)]
+    if isinstance(src, (str, os.PathLike)) and Path(src).is_dir():
+        return sorted(f.name for f in Path(src).iterdir() if f.is_file() and not f.name.startswith('.'))
+    if isinstance(src, (str, os.PathLike)): return [Path(src).name]
+    return [Path(f).name for f in src]
+
+def check_refs(refs: np.ndarray, names: Sequence[str], cfg: CustomizeConfig) -> np.ndarray:
+    """Refuse reference images this run cannot use, naming the files; called before anything is loaded or written.
+    The scale's face detector belongs here: images in which it finds no face are to be refused by name."""
+    if len(names) != len(refs): raise ValueError(f"refs: {len(refs)} images but {len(names)} names")
+    return refs
+
+def check_inputs(refs, cfg: CustomizeConfig, prompts: Sequence[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    """What a run reads before it loads a model or writes a file: the reference images (`check_refs`), the prompts
+    (each must name 'a person'), the backbone folder. Returns (refs, prompts); errors name the setting."""
+    src, refs = refs, media.load_images(refs, 'refs')
+    check_refs(refs, _ref_names(src), cfg)
+    if prompts is None:
+        try: prompts = repository.load_prompts(cfg.prompts_file, cfg.repository.n_prompts)
+        except (FileNotFoundError, ValueError) as e: raise ValueError(f"prompts_file={cfg.prompts_file!r}: {e}") from None
+    prompts = list(prompts)
+    if not prompts: raise ValueError("prompts: the list is empty")
+    for p in prompts: repository.personalize(p, cfg.token)               # a prompt without 'a person' is refused here
+    if cfg.backbone_dir is not None and not Path(cfg.backbone_dir).is_dir():
+        raise ValueError(f"backbone_dir={cfg.backbone_dir!r}: no such folder (a backbone saved by magicid or diffusers)")
+    if cfg.backbone_dir is None and core.load_scale(cfg.scale).backbone != 'tiny':
+        raise ValueError(f"backbone_dir=None: scale={cfg.scale!r} uses real weights; set backbone_dir to their diffusers folder")
+    return refs, prompts
 
 def check_resumable(out: Path, cfg: CustomizeConfig):
-    "Refuse to resume a run in `out` made with other settings (the checkpoints would mix); record the settings otherwise."
+    "Refuse to resume a run in `out` made with other settings (the checkpoints would mix), naming each key; record the settings otherwise."
     f = Path(out)/'customize_config.json'
-    mine = json.loads(json.dumps(asdict(cfg)))
+    mine = cfg.flat()
     if f.exists():
         old = json.loads(f.read_text())
-        diff = sorted(k for k in set(old) | set(mine) if old.get(k) != mine.get(k) and k != 'n_samples')
-        if diff: raise ValueError(f"out={str(out)!r} holds a run with other settings ({', '.join(f'{k}: {old.get(k)!r} → {mine.get(k)!r}' for k in diff)}); "
+        old = {f'{k}.{a}': b for k, v in old.items() if k in STAGES and isinstance(v, dict) for a, b in v.items()} | \
+              {k: v for k, v in old.items() if k not in STAGES}
+        old = {k: v for k, v in old.items() if k in mine or k.split('.')[0] not in STAGES}   # a stage's shared copies are not keys
+        diff = [d for d in settings_diff(old, mine) if not d.startswith('n_samples:')]
+        if diff: raise ValueError(f"out={str(out)!r} holds a run with other settings ({', '.join(diff)}); "
                                   "use a new --out, or delete the folder to start over")
-    else: atomic_write(f, json.dumps(mine, indent=1))
+    else: atomic_write(f, json.dumps(asdict(cfg), indent=1))
 
 def select_pairs(rows, cfg: CustomizeConfig) -> dict:
-    "P_id and P_dy of a repository by the settings of `cfg` (selection.hybrid_pairs)."
-    from magicid.selection import hybrid_pairs
-    return hybrid_pairs(rows, cfg.delta, cfg.tau, top_k=cfg.top_k, tau_mode=cfg.tau_mode, n_fronts=cfg.n_fronts, same_prompt=cfg.same_prompt)
+    "P_id and P_dy of a repository by the settings of `cfg` (`cfg.selection.select`)."
+    return cfg.selection.select(rows)
 
 def customize(refs, out, cfg: CustomizeConfig, prompts: Sequence[str] | None = None, rewarder=None, progress: bool = True,
-              log=print) -> dict:
+              log: Callable[[str], Any] = print) -> dict:
     "MagicID for one identity: initial LoRA → repository → rewards → hybrid pairs → HPO → LoRA + samples + run.json in `out`."
-    from magicid import dreambooth, repository, hpo, media
-    from magicid.backbone import load_lora
-    refs = media.load_images(refs, 'refs')
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    refs, prompts = check_inputs(refs, cfg, prompts)                      # before anything is loaded or written
+    out = Path(out)
     check_resumable(out, cfg)
     rec = dict(config=asdict(cfg), versions=_versions(), seconds={}, started=time.strftime('%Y-%m-%d %H:%M:%S'))
-    prompts = list(prompts) if prompts is not None else repository.load_prompts(cfg.prompts_file, cfg.n_prompts)
     def stage(name, t0): rec['seconds'][name] = round(time.time() - t0, 2); log(f"[customize] {name}: {rec['seconds'][name]:.1f} s")
     # 1. initial LoRA (DreamBooth) — also the DreamBooth baseline and π_ref
     t0 = time.time()
-    pipe = load_run_backbone(cfg)
-    dcfg = dreambooth.DreamBoothConfig(token=cfg.token, rank=cfg.rank, steps=cfg.init_steps, lr=cfg.init_lr, weight_decay=cfg.weight_decay,
-                                       batch_size=cfg.init_batch_size, frames=cfg.frames, frames_mode=cfg.frames_mode,
-                                       save_every=cfg.save_every, seed=cfg.seed)
-    rec['initial_log'] = dreambooth.train_lora(pipe, refs, dcfg, out/'initial_lora', progress=progress)[-1:]
+    pipe = load_run_backbone(cfg)                                         # the one backbone of the run
+    rec['initial_log'] = dreambooth.train_lora(pipe, refs, cfg.initial, out/'initial_lora', progress=progress, log=log)[-1:]
     init_dir = out/'initial_lora'/'adapter'
     stage('initial_lora', t0)
     # 2–3. repository with rewards
     t0 = time.time()
     rewarder = rewarder or make_rewarder(cfg, refs)
-    rcfg = repository.RepositoryConfig(n_prompts=len(prompts), n_t=cfg.n_t, n_s=cfg.n_s, frames=cfg.frames, sample_steps=cfg.sample_steps,
-                                       cfg_scale=cfg.cfg_scale, eta=cfg.eta, token=cfg.token, seed=cfg.seed)
-    rows = repository.build_repository(pipe, refs, prompts, out/'repository', rcfg, rewarder, progress=progress)
+    rcfg = replace(cfg.repository, n_prompts=len(prompts))
+    rows = repository.build_repository(pipe, refs, prompts, out/'repository', rcfg, rewarder, progress=progress, log=log)
     stage('repository', t0)
     # 4. hybrid pair selection
     t0 = time.time()
     P = select_pairs(rows, cfg)
     atomic_write(out/'pairs.json', json.dumps(P, indent=1, default=float))
-    from magicid.selection import pair_table
-    core.save_table(pair_table(rows, P['id'] + P['dy']), out/'pairs.csv')
+    core.save_table(selection.pair_table(rows, P['id'] + P['dy']), out/'pairs.csv')
     rec['pairs'] = dict(id=len(P['id']), dy=len(P['dy']), dy_trained=len(P['dy']))   # dy_trained: the P_dy of stage 2's training
     stage('selection', t0)
-    # 5. HPO: policy = π_ref (initial LoRA fused) + a fresh adapter; reference = adapters disabled
+    # 5. HPO: the initial adapter removed (the base weights exactly as loaded), then policy = π_ref (initial LoRA fused)
+    #    + a fresh adapter; reference = adapters disabled
     t0 = time.time()
-    del pipe
-    pipe = load_run_backbone(cfg)
-    hpo.prepare_policy(pipe, init_dir, rank=cfg.hpo_rank)
-    hk = dict(lr=cfg.hpo_lr, weight_decay=cfg.weight_decay, batch_size=cfg.hpo_batch_size, rank=cfg.hpo_rank, save_every=cfg.save_every, seed=cfg.seed)
-    if cfg.beta is not None: hk['beta'] = cfg.beta
+    pipe.transformer.unload_lora()
+    pipe._text_cache.clear()                                              # embeddings computed as in a resumed run (a fresh load)
+    hpo.prepare_policy(pipe, init_dir, rank=cfg.hpo.rank)
     pid = _pairs_to_training(rows, P['id'], out/'repository')
     pall = pid + _pairs_to_training(rows, P['dy'], out/'repository')
     if cfg.schedule == 'joint':
-        rec['hpo_log'] = hpo.train_hpo(pipe, pall, hpo.HPOConfig(steps=cfg.hpo_steps, **hk), out/'hpo'/'joint', progress=progress)
+        rec['hpo_log'] = hpo.train_hpo(pipe, pall, cfg.hpo, out/'hpo'/'joint', progress=progress, log=log)
     else:
-        n1 = max(1, round(cfg.hpo_steps*cfg.stage1_fraction))
-        log1 = hpo.train_hpo(pipe, pid or pall, hpo.HPOConfig(steps=n1, **hk), out/'hpo'/'stage1', progress=progress)
+        n1 = max(1, round(cfg.hpo.steps*cfg.stage1_fraction))
+        log1 = hpo.train_hpo(pipe, pid or pall, replace(cfg.hpo, steps=n1), out/'hpo'/'stage1', progress=progress, log=log)
         if cfg.resample_vt:                                   # V_t again, from the model after stage 1
-            rows2 = repository.build_repository(pipe, refs, prompts, out/'repository_stage2',
-                                                repository.RepositoryConfig(**(asdict(rcfg) | dict(n_s=0, seed=cfg.seed + 1))), rewarder, progress=progress)
+            rows2 = repository.build_repository(pipe, refs, prompts, out/'repository_stage2', replace(rcfg, n_s=0, seed=cfg.seed + 1),
+                                                rewarder, progress=progress, log=log)
             rows_2 = ([r for r in rows if r['source'] == 's'] + [dict(r, path=str(Path('..')/'repository_stage2'/r['path'])) for r in rows2 if r['source'] == 't']
                       + [r for r in rows if r['source'] == 'id'])  # V_s ∪ V_t(after stage 1) ∪ V_id
             P2 = select_pairs(rows_2, cfg)
             atomic_write(out/'pairs_stage2.json', json.dumps(P2, indent=1, default=float))
-            core.save_table(pair_table(rows_2, P2['id'] + P2['dy']), out/'pairs_stage2.csv')
+            core.save_table(selection.pair_table(rows_2, P2['id'] + P2['dy']), out/'pairs_stage2.csv')
             rec['pairs']['dy_stage2'] = rec['pairs']['dy_trained'] = len(P2['dy'])
             pall = pid + _pairs_to_training(rows_2, P2['dy'], out/'repository')
-        log2 = hpo.train_hpo(pipe, pall, hpo.HPOConfig(steps=cfg.hpo_steps - n1, **hk), out/'hpo'/'stage2', progress=progress) if cfg.hpo_steps > n1 else []
+        log2 = (hpo.train_hpo(pipe, pall, replace(cfg.hpo, steps=cfg.hpo.steps - n1), out/'hpo'/'stage2', progress=progress, log=log)
+                if cfg.hpo.steps > n1 else [])
         rec['hpo_log'] = log1 + [dict(r, step=r['step'] + n1) for r in log2]
     stage('hpo', t0)
     # output: one LoRA, samples, record
     t0 = time.time()
     hpo.combine_loras(init_dir, pipe, out/'lora')
     ps = [repository.personalize(p, cfg.token) for p in prompts[:cfg.n_samples]]
-    vids = pipe(ps, num_frames=cfg.frames, steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale, seed=cfg.seed + 7, eta=cfg.eta, progress=False)
+    vids = pipe(ps, num_frames=cfg.frames, steps=rcfg.sample_steps, cfg_scale=rcfg.cfg_scale, seed=cfg.seed + 7, eta=rcfg.eta, progress=False)
     (out/'samples').mkdir(exist_ok=True)
     for i, v in enumerate(vids): media.save_video(v, out/'samples'/f'{i:02d}.mp4')
     atomic_write(out/'samples'/'prompts.txt', '\n'.join(ps) + '\n')
@@ -213,30 +260,36 @@ def _parser():
     sub = ap.add_subparsers(dest='command', required=True)
     c = sub.add_parser('customize', help='customize the backbone to one identity from its reference images')
     c.add_argument('--refs', required=True, help='folder of reference images (png/jpg, one size)')
-    c.add_argument('--token', default='sks', help='rare identity token, e.g. sks')
+    c.add_argument('--token', default=CustomizeConfig.token, help='rare identity token, e.g. sks')
     c.add_argument('--out', required=True, help='output folder (resumes if it holds a run)')
     c.add_argument('--scale', default='tiny', help=f"one of {', '.join(core.SCALES)}")
     c.add_argument('--prompts', default=None, help='prompt file (one per line, with "a person"); default: data/prompts/repository_world.txt')
-    c.add_argument('--set', dest='settings', action='append', default=[], metavar='KEY=VALUE', help='override a CustomizeConfig field')
-    c.add_argument('--no-progress', action='store_true')
+    c.add_argument('--set', dest='settings', action='append', default=[], metavar='KEY=VALUE',
+                   help='override a setting: a run-level name (seed=1) or <stage>.<field> (initial.lr=3e-4, hpo.beta=5000, selection.delta=1.5)')
+    c.add_argument('--no-progress', action='store_true', help='no progress bars at all')
     return ap
 
+def silence_progress() -> None:
+    "Turn off the progress bars of the libraries (transformers, diffusers, huggingface_hub); ours follow `progress`."
+    import diffusers, huggingface_hub, transformers   # third-party, loaded only for --no-progress
+    transformers.utils.logging.disable_progress_bar(); diffusers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+
 def main(argv: Sequence[str] | None = None) -> int:
-    "Console entry point `magicid`."
-    from magicid.run import parse_value
-    from magicid.media import load_images
+    "Console entry point `magicid`. Every setting, the reference images and the prompts are checked before anything is loaded or written."
     a = _parser().parse_args(argv)
+    if a.no_progress: silence_progress()
     try:
         kv = {}
         for s in a.settings:
             if '=' not in s: raise ValueError(f"--set {s!r}: write KEY=VALUE")
             k, v = s.split('=', 1); kv[k] = parse_value(v)
-        cfg = CustomizeConfig.from_scale(a.scale, token=a.token, prompts_file=a.prompts, **kv)
-        refs = load_images(a.refs, '--refs')
+        cfg = CustomizeConfig.from_scale(a.scale, **({'token': a.token, 'prompts_file': a.prompts} | kv))
+        refs, prompts = check_inputs(a.refs, cfg)
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"magicid customize: error: {e}", file=sys.stderr); return 2
     try:
-        rec = customize(refs, a.out, cfg, progress=not a.no_progress)
+        rec = customize(refs, a.out, cfg, prompts=prompts, progress=not a.no_progress)
     except (FloatingPointError, ValueError) as e:
         print(f"magicid customize: {type(e).__name__}: {e}", file=sys.stderr); return 1
     print(f"magicid customize: done in {rec['seconds']['total']:.1f} s; LoRA in {Path(a.out)/'lora'}, samples in {Path(a.out)/'samples'}")

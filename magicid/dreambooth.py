@@ -4,13 +4,18 @@
 
 # %% ../nbs/11_dreambooth.ipynb #0d0934d3
 from __future__ import annotations
-import json, math, time
+import hashlib
 from dataclasses import dataclass, asdict
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable
 import numpy as np
 import torch
-from .core import check_choice, atomic_path
+from tqdm.auto import tqdm
+from .core import check_choice, check_number
+from .checkpoint import load_checkpoint, save_checkpoint, save_due
+from .backbone import add_lora, save_lora
+from .media import load_images
+from .world import inflate
 
 # %% auto #0
 __all__ = ['DreamBoothConfig', 'reference_videos', 'trainable_lora', 'train_lora']
@@ -18,7 +23,7 @@ __all__ = ['DreamBoothConfig', 'reference_videos', 'trainable_lora', 'train_lora
 # %% ../nbs/11_dreambooth.ipynb #71735aaf
 @dataclass
 class DreamBoothConfig:
-    "The initial LoRA customization (Sec 3.2, 4.1)."
+    "The initial LoRA customization (Sec 3.2, 4.1); every value checked here, errors name `DreamBoothConfig.<field>=<value>`."
     token: str = 'sks'               # the rare identity token
     template: str = 'a {token} person'   # caption of every reference image
     rank: int = 8                    # LoRA rank
@@ -29,23 +34,32 @@ class DreamBoothConfig:
     frames: int = 8                  # F of the inflated static videos
     frames_mode: str = 'inflate'     # 'inflate' (static F-frame videos) or 'single' (1-frame videos)
     flip: bool = True                # random horizontal flips of the references
-    save_every: int = 100
+    save_every: int = 100            # checkpoint every this many optimizer steps (and at the last)
     seed: int = 0
 
     def __post_init__(self):
-        check_choice('frames_mode', self.frames_mode, ['inflate', 'single'])
-        if '{token}' not in self.template: raise ValueError(f"template={self.template!r} must contain '{{token}}', e.g. 'a {{token}} person'")
-        for k in ('rank', 'steps', 'batch_size', 'frames', 'save_every'):
-            if not (isinstance(getattr(self, k), int) and getattr(self, k) >= 1): raise ValueError(f"DreamBoothConfig.{k}={getattr(self, k)!r} must be an int >= 1")
-        if not self.lr > 0: raise ValueError(f"DreamBoothConfig.lr={self.lr} must be > 0")
+        n = 'DreamBoothConfig'
+        if not (isinstance(self.token, str) and self.token and not any(c.isspace() for c in self.token)):
+            raise ValueError(f"{n}.token={self.token!r} must be one word, e.g. 'sks'")
+        if not (isinstance(self.template, str) and '{token}' in self.template):
+            raise ValueError(f"{n}.template={self.template!r} must contain '{{token}}', e.g. 'a {{token}} person'")
+        check_choice(f'{n}.frames_mode', self.frames_mode, ['inflate', 'single'])
+        for k in ('rank', 'steps', 'batch_size', 'frames', 'save_every'): check_number(f'{n}.{k}', getattr(self, k), 1, integer=True)
+        check_number(f'{n}.seed', self.seed, 0, integer=True)
+        check_number(f'{n}.lr', self.lr, 0, strict=True)
+        check_number(f'{n}.weight_decay', self.weight_decay, 0)
+        if not isinstance(self.flip, bool): raise ValueError(f"{n}.flip={self.flip!r} must be true or false")
 
     @property
     def prompt(self) -> str: return self.template.format(token=self.token)
 
+    def settings(self) -> dict:
+        "What a checkpoint must share to be resumed: every field but `steps` (a finished run may be extended) and `save_every`."
+        return {k: v for k, v in asdict(self).items() if k not in ('steps', 'save_every')}
+
 # %% ../nbs/11_dreambooth.ipynb #2cb196a1
 def reference_videos(refs: np.ndarray, idx: np.ndarray, cfg: DreamBoothConfig, rng: np.random.Generator) -> np.ndarray:
     "Training videos (B, F, H, W, 3) for references `idx`: static F-frame videos or 1-frame videos, some flipped."
-    from magicid.world import inflate
     ims = refs[idx].copy()
     if cfg.flip:
         f = rng.random(len(ims)) < 0.5
@@ -63,25 +77,31 @@ def trainable_lora(pipe, adapter_name: str = 'default') -> list[torch.nn.Paramet
     if not params: raise ValueError(f"adapter_name={adapter_name!r}: the transformer has no such LoRA adapter")
     return params
 
-def train_lora(pipe, refs, cfg: DreamBoothConfig, ckpt_dir=None, progress: bool = True, callback=None) -> list[dict]:
-    "DreamBooth-LoRA on reference images `refs` (K, H, W, 3); resumable from `ckpt_dir`. Returns the loss log."
-    from tqdm.auto import tqdm
-    from magicid.backbone import add_lora, save_lora, load_lora
-    from magicid.media import load_images
+def _refs_fingerprint(refs: np.ndarray) -> str:
+    "The identity of a reference set (count, size, sha256 of the pixels): a checkpoint resumes only on the same images."
+    return f"{'x'.join(map(str, refs.shape))}:{hashlib.sha256(np.ascontiguousarray(refs).tobytes()).hexdigest()[:16]}"
+
+def train_lora(pipe, refs, cfg: DreamBoothConfig, ckpt_dir=None, progress: bool = True, callback=None,
+               log: Callable[[str], Any] | None = print) -> list[dict]:
+    "DreamBooth-LoRA on reference images `refs` (K, H, W, 3); resumable from `ckpt_dir` (`magicid.checkpoint`). Returns the loss log."
     refs = load_images(refs, 'refs')
-    start, log = 0, []
-    ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
-    resume = bool(ckpt_dir and (ckpt_dir/'state.pt').exists())
-    if resume: params = trainable_lora(load_lora(pipe, ckpt_dir/'adapter'))
-    elif 'default' in (getattr(pipe.transformer, 'peft_config', None) or {}): params = trainable_lora(pipe)   # go on training it
-    else: params = add_lora(pipe, cfg.rank, seed=cfg.seed)
+    if 'default' in (getattr(pipe.transformer, 'peft_config', None) or {}): trainable_lora(pipe)   # go on training it
+    else: add_lora(pipe, cfg.rank, seed=cfg.seed)
+    named = {n: p for n, p in pipe.transformer.named_parameters() if p.requires_grad}
+    params = list(named.values())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if resume:
-        st = torch.load(ckpt_dir/'state.pt', weights_only=True)
-        opt.load_state_dict(st['optimizer']); start, log = st['step'], st['log']
+    settings = cfg.settings() | dict(refs=_refs_fingerprint(refs))
+    st = load_checkpoint(ckpt_dir, settings, 'initial LoRA', log=log)     # None: start at step 0
+    start, hist = 0, []
+    if st is not None:
+        if set(st['adapter']) != set(named):
+            raise ValueError(f"ckpt_dir={str(ckpt_dir)!r}: its adapter has other parameters than this model's (another backbone?)")
+        with torch.no_grad():
+            for n, p in named.items(): p.copy_(st['adapter'][n])
+        opt.load_state_dict(st['optimizer']); start, hist = st['step'], st['log']
     pipe.transformer.train()
     bar = tqdm(range(start, cfg.steps), desc='DreamBooth-LoRA', disable=not progress, initial=start, total=cfg.steps)
-    for step in bar:
+    for step in bar:                                                       # `step` optimizer steps done before this one
         g = np.random.default_rng([cfg.seed, step, 7])
         vids = reference_videos(refs, g.integers(len(refs), size=cfg.batch_size), cfg, g)
         # L_rec = ‖target − f_θ(x_t, t, c_id)‖²   (target: ε−x_0 for flow, ε for DDPM)
@@ -90,12 +110,13 @@ def train_lora(pipe, refs, cfg: DreamBoothConfig, ckpt_dir=None, progress: bool 
             raise FloatingPointError(f"DreamBooth-LoRA: loss is {loss.item()} at step {step + 1}; the last good checkpoint is in {ckpt_dir}")
         opt.zero_grad(set_to_none=True); loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step()
-        log.append(dict(step=step + 1, loss=loss.item()))
-        bar.set_postfix(loss=f'{np.mean([l["loss"] for l in log[-20:]]):.4f}')
-        if ckpt_dir and ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps):
-            save_lora(pipe, ckpt_dir/'adapter')
-            with atomic_path(ckpt_dir/'state.pt') as tmp: torch.save(dict(optimizer=opt.state_dict(), step=step + 1, log=log), tmp)
+        hist.append(dict(step=step + 1, loss=loss.item()))
+        bar.set_postfix(loss=f'{np.mean([l["loss"] for l in hist[-20:]]):.4f}')
+        if ckpt_dir and save_due(step + 1, cfg.steps, cfg.save_every):
+            save_checkpoint(ckpt_dir, step + 1, settings, adapter={n: p.detach().cpu().clone() for n, p in named.items()},
+                            optimizer=opt.state_dict(), log=hist)
         if callback:
             pipe.transformer.eval(); callback(step + 1, pipe); pipe.transformer.train()
     pipe.transformer.eval()
-    return log
+    if ckpt_dir: save_lora(pipe, Path(ckpt_dir)/'adapter')   # the diffusers export of the final adapter (written again on every call)
+    return hist

@@ -4,14 +4,16 @@
 
 # %% ../nbs/14_hpo.ipynb #7a88d9ef
 from __future__ import annotations
-import contextlib, hashlib, math, numbers, os, shutil, tempfile, warnings
+import contextlib, hashlib, math, os, shutil, tempfile, warnings
 from dataclasses import dataclass, asdict
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from .core import atomic_path
+from tqdm.auto import tqdm
+from .core import check_number
+from .checkpoint import load_checkpoint, save_checkpoint, save_due
 from .dpo import diffusion_dpo_margin
 from .backbone import T2VPipeline, add_lora, lora_disabled, save_lora, load_lora, LORA_FILE
 
@@ -27,8 +29,7 @@ _LOSS_ARGS = ('pred_w', 'pred_l', 'ref_pred_w', 'ref_pred_l', 'target_w', 'targe
 
 def _check_loss_inputs(tensors, beta):
     "Validate the six tensors of `hpo_loss` (same shape, batch >= 1) and β (finite, > 0)."
-    if isinstance(beta, bool) or not (isinstance(beta, numbers.Real) and math.isfinite(beta) and beta > 0):
-        raise ValueError(f"beta={beta!r} must be a finite number > 0 (the KL weight of eq 9)")
+    check_number('beta', beta, 0, strict=True)   # the KL weight of eq 9
     for name, x in zip(_LOSS_ARGS, tensors):
         if not isinstance(x, torch.Tensor): raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
         if x.ndim < 1 or len(x) < 1: raise ValueError(f"{name}: expected shape (B, ...) with batch B >= 1, got {tuple(x.shape)}")
@@ -152,7 +153,7 @@ class HPOConfig:
     steps: int = 5000               # optimization steps (Sec 4.1)
     batch_size: int = 2             # preference pairs per step
     rank: int = 8                   # rank of the HPO adapter (for prepare_policy)
-    save_every: int = 100           # checkpoint every this many steps (and at the end)
+    save_every: int = 100           # checkpoint every this many optimizer steps (and at the last)
     max_grad_norm: float = 1.0      # gradient clipping
     seed: int = 0                   # pair sampling, noise and timesteps of step k come from (seed, k)
     warmup: int = 0                 # linear learning-rate warm-up steps (0: none)
@@ -162,20 +163,17 @@ class HPOConfig:
 
     def validate(self):
         "Check every field; errors name the field, its value and what is valid."
-        for k in ('beta', 'lr', 'max_grad_norm'):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
-                raise ValueError(f"HPOConfig.{k}={v!r} must be a finite number > 0")
-        wd = self.weight_decay
-        if isinstance(wd, bool) or not isinstance(wd, (int, float)) or not (math.isfinite(wd) and wd >= 0):
-            raise ValueError(f"HPOConfig.weight_decay={wd!r} must be a finite number >= 0")
+        for k in ('beta', 'lr', 'max_grad_norm'): check_number(f'HPOConfig.{k}', getattr(self, k), 0, strict=True)
+        check_number('HPOConfig.weight_decay', self.weight_decay, 0)
         for k, lo in (('steps', 1), ('batch_size', 1), ('rank', 1), ('save_every', 1), ('seed', 0), ('warmup', 0)):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-                raise ValueError(f"HPOConfig.{k}={v!r} must be an int >= {lo}")
+            check_number(f'HPOConfig.{k}', getattr(self, k), lo, integer=True)
         if not (isinstance(self.adapter_name, str) and self.adapter_name):
             raise ValueError(f"HPOConfig.adapter_name={self.adapter_name!r} must be a non-empty string")
         return self
+
+    def settings(self) -> dict:
+        "What a checkpoint must share to be resumed: every field but `steps` (a finished run may be extended) and `save_every`."
+        return {k: v for k, v in asdict(self).items() if k not in ('steps', 'save_every')}
 
     def lr_at(self, step: int) -> float:
         "Learning rate of 0-based `step`: linear warm-up over `warmup` steps, then constant."
@@ -209,8 +207,6 @@ def _pairs_fingerprint(pairs) -> str:
         for k in ('win', 'lose'): h.update(np.ascontiguousarray(p[k][:, ::7, ::7]).tobytes())
     return f'{len(pairs)}:{h.hexdigest()[:16]}'
 
-_RUN_FIELDS = ('beta', 'lr', 'weight_decay', 'batch_size', 'max_grad_norm', 'seed', 'warmup', 'adapter_name')
-
 def _adapter_params(pipe: T2VPipeline, adapter_name: str) -> dict:
     "{name: parameter} of the LoRA adapter `adapter_name` of the transformer, made trainable."
     tr = pipe.transformer
@@ -221,80 +217,69 @@ def _adapter_params(pipe: T2VPipeline, adapter_name: str) -> dict:
     for p in ps.values(): p.requires_grad_(True)
     return ps
 
-def _save_checkpoint(pipe, cfg, named, opt, step, log, fingerprint, folder: Path) -> None:
-    "state.pt (the checkpoint, atomic), then adapter/ (its diffusers export, the file replaced atomically)."
+def _export_adapter(pipe, adapter_name: str, folder: Path) -> None:
+    "folder/adapter/: the adapter in diffusers' LoRA format, its file replaced atomically."
     folder.mkdir(parents=True, exist_ok=True)
-    state = dict(adapter={n: p.detach().cpu().clone() for n, p in named.items()}, optimizer=opt.state_dict(), step=step,
-                 log=log, config=asdict(cfg), pairs=fingerprint)
-    with atomic_path(folder/'state.pt') as tmp: torch.save(state, tmp)
     tmpd = Path(tempfile.mkdtemp(prefix='.adapter.', dir=folder))
     try:
-        save_lora(pipe, tmpd, cfg.adapter_name)
+        save_lora(pipe, tmpd, adapter_name)
         (folder/'adapter').mkdir(exist_ok=True)
         os.replace(tmpd/LORA_FILE, folder/'adapter'/LORA_FILE)
     finally: shutil.rmtree(tmpd, ignore_errors=True)
 
-def _resume(folder: Path, cfg, named, opt, fingerprint) -> tuple[int, list]:
-    "Load state.pt of `folder` into the adapter and optimizer; return (step, log)."
-    st = torch.load(folder/'state.pt', weights_only=True)
-    for k in _RUN_FIELDS:
-        if st['config'].get(k) != getattr(cfg, k):
-            raise ValueError(f"ckpt_dir={str(folder)!r} holds a run with {k}={st['config'].get(k)!r}, this one has {k}={getattr(cfg, k)!r}; "
-                             f"use another ckpt_dir (or delete it to start over)")
-    if st['pairs'] != fingerprint:
-        raise ValueError(f"ckpt_dir={str(folder)!r} holds a run on other preference pairs ({st['pairs']} vs {fingerprint}); "
-                         f"use another ckpt_dir (or delete it to start over)")
-    if set(st['adapter']) != set(named):
-        raise ValueError(f"ckpt_dir={str(folder)!r}: its adapter has other parameters than {cfg.adapter_name!r} of this model "
-                         f"(a different rank or backbone?)")
-    with torch.no_grad():
-        for n, p in named.items(): p.copy_(st['adapter'][n])
-    opt.load_state_dict(st['optimizer'])
-    return st['step'], st['log']
-
 def train_hpo(pipe: T2VPipeline, pairs: Sequence[dict], cfg: HPOConfig, ckpt_dir=None, progress: bool = True, callback=None,
-              log_every: int = 1) -> list[dict]:
-    "Train the HPO adapter on preference pairs with the loss of eq 9; resumable from `ckpt_dir`. Returns the log."
-    from tqdm.auto import tqdm
+              log_every: int = 1, log: Callable[[str], Any] | None = print) -> list[dict]:
+    "Train the HPO adapter on preference pairs with the loss of eq 9; resumable from `ckpt_dir` (`magicid.checkpoint`). Returns the log."
     _check_pairs(pairs); cfg.validate()
-    if not (isinstance(log_every, int) and log_every >= 1): raise ValueError(f"log_every={log_every!r} must be an int >= 1")
+    check_number('log_every', log_every, 1, integer=True)
     named = _adapter_params(pipe, cfg.adapter_name)
     params = list(named.values())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ck, fp = (Path(ckpt_dir) if ckpt_dir else None), _pairs_fingerprint(pairs)
-    start, log = 0, []
-    if ck and (ck/'state.pt').exists(): start, log = _resume(ck, cfg, named, opt, fp)
-    saved = start if ck and start else None
+    ck = Path(ckpt_dir) if ckpt_dir else None
+    settings = cfg.settings() | dict(pairs=_pairs_fingerprint(pairs))
+    st = load_checkpoint(ck, settings, 'HPO', log=log)                   # None: start at step 0
+    start, hist = 0, []
+    if st is not None:
+        if set(st['adapter']) != set(named):
+            raise ValueError(f"ckpt_dir={str(ck)!r}: its adapter has other parameters than {cfg.adapter_name!r} of this model "
+                             f"(another backbone?)")
+        with torch.no_grad():
+            for n, p in named.items(): p.copy_(st['adapter'][n])
+        opt.load_state_dict(st['optimizer']); start, hist = st['step'], st['log']
+    saved = start if st is not None else None
     recent = []
     pipe.transformer.train()
     bar = tqdm(range(start, cfg.steps), desc='HPO', disable=not progress, initial=start, total=cfg.steps)
     try:
-        for step in bar:
+        for step in bar:                                                  # `step` optimizer steps done before this one
             lr = cfg.lr_at(step)
             for grp in opt.param_groups: grp['lr'] = lr
             g = np.random.default_rng([cfg.seed, step])
             idx = g.choice(len(pairs), cfg.batch_size, replace=len(pairs) < cfg.batch_size)
             gen = torch.Generator().manual_seed(int(g.integers(2**31)))
             win, lose = np.stack([pairs[i]['win'] for i in idx]), np.stack([pairs[i]['lose'] for i in idx])
-            loss, st = hpo_loss(*pair_forward(pipe, win, lose, [pairs[i]['prompt'] for i in idx], gen), beta=cfg.beta)
+            loss, stats = hpo_loss(*pair_forward(pipe, win, lose, [pairs[i]['prompt'] for i in idx], gen), beta=cfg.beta)
             kept = (f"the last good checkpoint in {ck} (step {saved}) is kept unchanged" if saved is not None else
                     f"no checkpoint was written yet{'' if ck else ' (no ckpt_dir)'}")
-            if not math.isfinite(st['loss']):
-                raise FloatingPointError(f"train_hpo: the HPO loss is {st['loss']} at step {step + 1}; {kept}. Lower lr or beta, "
+            if not math.isfinite(stats['loss']):
+                raise FloatingPointError(f"train_hpo: the HPO loss is {stats['loss']} at step {step + 1}; {kept}. Lower lr or beta, "
                                          f"or check the pairs' videos")
             opt.zero_grad(set_to_none=True); loss.backward()
             gn = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             if not torch.isfinite(gn):
                 raise FloatingPointError(f"train_hpo: the gradient norm is {gn.item()} at step {step + 1}; {kept}")
             opt.step()
-            rec = {'step': step + 1, **{k: st[k] for k in ('loss', 'rewards/chosen', 'rewards/rejected', 'rewards/margins',
-                                                            'rewards/accuracies')}, 'lr': lr, 'grad_norm': gn.item()}
-            if (step + 1) % log_every == 0 or step + 1 == cfg.steps: log.append(rec)
+            rec = {'step': step + 1, **{k: stats[k] for k in ('loss', 'rewards/chosen', 'rewards/rejected', 'rewards/margins',
+                                                               'rewards/accuracies')}, 'lr': lr, 'grad_norm': gn.item()}
+            if (step + 1) % log_every == 0 or step + 1 == cfg.steps: hist.append(rec)
             recent = (recent + [rec])[-20:]
             bar.set_postfix(loss=f"{np.mean([r['loss'] for r in recent]):.4f}", acc=f"{np.mean([r['rewards/accuracies'] for r in recent]):.2f}")
-            if ck and ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps):
-                _save_checkpoint(pipe, cfg, named, opt, step + 1, log, fp, ck); saved = step + 1
+            if ck and save_due(step + 1, cfg.steps, cfg.save_every):      # state.pt (the checkpoint), then its diffusers export
+                save_checkpoint(ck, step + 1, settings, adapter={n: p.detach().cpu().clone() for n, p in named.items()},
+                                optimizer=opt.state_dict(), log=hist)
+                _export_adapter(pipe, cfg.adapter_name, ck); saved = step + 1
             if callback: callback(step + 1, rec)
+        if ck and st is not None and start >= cfg.steps: _export_adapter(pipe, cfg.adapter_name, ck)   # a kill between the two writes
     finally:
         pipe.transformer.eval()
-    return log
+    return hist

@@ -4,12 +4,16 @@
 
 # %% ../nbs/12_repository.ipynb #8d7034da
 from __future__ import annotations
-import json, os
+import json
 from dataclasses import dataclass, asdict
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 import numpy as np
-from .core import atomic_path, atomic_write
+from tqdm.auto import tqdm
+from .core import atomic_path, atomic_write, check_number, repo_root
+from .backbone import lora_disabled
+from .media import load_images
+from .world import inflate, read_prompts, subject
 
 # %% auto #0
 __all__ = ['SOURCES', 'INDEX', 'RepositoryConfig', 'personalize', 'load_prompts', 'read_index', 'write_index', 'load_row_video',
@@ -30,17 +34,19 @@ class RepositoryConfig:
     eta: float = 0.0                 # 0: ODE sampler; > 0: stochastic flow sampler (backbone.T2VPipeline)
     token: str = 'sks'
     seed: int = 0
-    batch_size: int = 8
+    batch_size: int = 8              # videos generated between two writes of the index
 
     def __post_init__(self):
-        for k in ('n_prompts', 'frames', 'sample_steps', 'batch_size'):
-            if not (isinstance(getattr(self, k), int) and getattr(self, k) >= 1): raise ValueError(f"RepositoryConfig.{k}={getattr(self, k)!r} must be an int >= 1")
-        for k in ('n_t', 'n_s'):
-            if not (isinstance(getattr(self, k), int) and getattr(self, k) >= 0): raise ValueError(f"RepositoryConfig.{k}={getattr(self, k)!r} must be an int >= 0")
+        n = 'RepositoryConfig'
+        for k in ('n_prompts', 'frames', 'sample_steps', 'batch_size'): check_number(f'{n}.{k}', getattr(self, k), 1, integer=True)
+        for k in ('n_t', 'n_s', 'seed'): check_number(f'{n}.{k}', getattr(self, k), 0, integer=True)
+        check_number(f'{n}.cfg_scale', self.cfg_scale, 0)
+        check_number(f'{n}.eta', self.eta, 0)
+        if not (isinstance(self.token, str) and self.token and not any(c.isspace() for c in self.token)):
+            raise ValueError(f"{n}.token={self.token!r} must be one word, e.g. 'sks'")
 
 def personalize(prompt: str, token: str | None) -> str:
     "The prompt with its subject 'a person' replaced by 'a <token> person' (unchanged when token is None)."
-    from magicid.world import subject
     if token is None: return prompt
     if 'a person' not in prompt.lower(): raise ValueError(f"prompt {prompt!r}: no 'a person' to personalize with token {token!r}")
     i = prompt.lower().index('a person')
@@ -48,8 +54,6 @@ def personalize(prompt: str, token: str | None) -> str:
 
 def load_prompts(path=None, n: int | None = None) -> list[str]:
     "Prompts from a text file (one per line; default: data/prompts/repository_world.txt), the first `n`."
-    from magicid.world import read_prompts
-    from magicid.core import repo_root
     ps = read_prompts(Path(path) if path else repo_root()/'data'/'prompts'/'repository_world.txt')
     if n is not None and n > len(ps): raise ValueError(f"n_prompts={n}: the prompt file has only {len(ps)} prompts")
     return ps[:n]
@@ -86,36 +90,31 @@ def plan(prompts: Sequence[str], cfg: RepositoryConfig, n_refs: int) -> list[dic
         rows.append(dict(key=f'id{k:04d}', source='id', prompt=personalize(prompts[k % len(prompts)], cfg.token), gen_prompt='', seed=k))
     return rows
 
-def build_repository(pipe, refs, prompts: Sequence[str], folder, cfg: RepositoryConfig, rewarder, progress: bool = True) -> list[dict]:
+def build_repository(pipe, refs, prompts: Sequence[str], folder, cfg: RepositoryConfig, rewarder, progress: bool = True,
+                     log: Callable[[str], Any] | None = print) -> list[dict]:
     "Generate, score and store B = V_t ∪ V_s ∪ V_id in `folder` (resumes from its index). Returns the index rows."
-    from tqdm.auto import tqdm
-    from magicid.backbone import lora_disabled
-    from magicid.media import load_images
-    from magicid.world import inflate
     refs = load_images(refs, 'refs')
     folder = Path(folder); (folder/'videos').mkdir(parents=True, exist_ok=True)
     done = {r['key']: r for r in read_index(folder)}
     todo = [r for r in plan(prompts, cfg, len(refs)) if r['key'] not in done]
+    if done and log: log(f"repository: resuming with {len(done)} of {len(done) + len(todo)} videos done ({folder/INDEX})")
     rows = list(done.values())
     bar = tqdm(total=len(todo), desc='repository', disable=not progress)
+    def gen(r): return pipe([r['gen_prompt']], num_frames=cfg.frames, steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale, seed=r['seed'], eta=cfg.eta, progress=False)[0]
     for src in ('t', 's', 'id'):
         part = [r for r in todo if r['source'] == src]
         for b in range(0, len(part), cfg.batch_size):
-            chunk = part[b:b + cfg.batch_size]
-            if src == 'id':
-                vids = inflate(refs[[int(r['key'][2:]) for r in chunk]], cfg.frames)
-            else:
-                gen = lambda r: pipe([r['gen_prompt']], num_frames=cfg.frames, steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale, seed=r['seed'], eta=cfg.eta, progress=False)[0]
-                if src == 's':
-                    with lora_disabled(pipe): vids = [gen(r) for r in chunk]
-                else: vids = [gen(r) for r in chunk]
-            for r, v in zip(chunk, vids):
+            for r in part[b:b + cfg.batch_size]:                        # the bar moves once per video
+                if src == 'id': v = inflate(refs[[int(r['key'][2:])]], cfg.frames)[0]
+                elif src == 's':
+                    with lora_disabled(pipe): v = gen(r)                # V_s: the original model
+                else: v = gen(r)
                 path = Path('videos')/f"{r['key']}.npy"
                 with atomic_path(folder/path) as tmp:
                     with open(tmp, 'wb') as fh: np.save(fh, np.asarray(v))
                 rows.append(dict(r, path=str(path), **{k: float(x) for k, x in rewarder(v, r['prompt']).items()}))
+                bar.update(1)
             write_index(folder, rows)
-            bar.update(len(chunk))
     bar.close()
     atomic_write(folder/'config.json', json.dumps(asdict(cfg), indent=1))
     order = {r['key']: i for i, r in enumerate(plan(prompts, cfg, len(refs)))}

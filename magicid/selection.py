@@ -6,6 +6,7 @@
 from __future__ import annotations
 import math
 import warnings
+from dataclasses import dataclass
 from collections.abc import Mapping
 from typing import Sequence
 import numpy as np
@@ -19,7 +20,7 @@ TAU_MODES = ('one_sided', 'two_sided')
 # %% auto #0
 __all__ = ['SOURCES', 'REWARDS', 'REQUIRED_KEYS', 'TAU_MODES', 'dominates', 'dominance_matrix', 'pareto_front',
            'nondominated_sort', 'select_id_pairs', 'frontier_sets', 'select_dy_pairs', 'hybrid_pairs', 'pair_table',
-           'plot_selection']
+           'SelectionConfig', 'plot_selection']
 
 # %% ../nbs/13_selection.ipynb #323be642
 def _vector(x, name: str) -> np.ndarray:
@@ -221,6 +222,30 @@ def pair_table(rows: Sequence[dict], pairs) -> list[dict]:
                         **{f'{k}_l': float(t['R'][l, c]) for c, k in enumerate(REWARDS)},
                         id_gap=p['id_gap'], dy_gap=p['dy_gap']))
     return out
+
+# %% ../nbs/13_selection.ipynb #4c36f05a
+@dataclass
+class SelectionConfig:
+    "Settings of the hybrid pair selection (Sec 3.4); every value checked here, errors name `SelectionConfig.<field>=<value>`."
+    delta: float = 1.0               # P_id: minimum R_id gap δ
+    tau: float = 3.0                 # P_id: dynamic tolerance τ (inf: none)
+    tau_mode: str = 'one_sided'      # P_id: 'one_sided' (the winner may be more dynamic) or 'two_sided'
+    top_k: int = 100                 # P_dy: pairs kept after ranking by ID gap (Supp A: 100)
+    n_fronts: int = 1                # P_dy: non-dominated fronts in the upper and lower sets
+    same_prompt: bool = True         # both stages: pair only videos of the same prompt
+
+    def __post_init__(self):
+        n = 'SelectionConfig'
+        _tolerance(f'{n}.delta', self.delta, 0, strict=True, allow_inf=False)
+        _tolerance(f'{n}.tau', self.tau, 0, strict=False, allow_inf=True)
+        check_choice(f'{n}.tau_mode', self.tau_mode, TAU_MODES)
+        _count(f'{n}.top_k', self.top_k); _count(f'{n}.n_fronts', self.n_fronts)
+        if not isinstance(self.same_prompt, bool): raise ValueError(f"{n}.same_prompt={self.same_prompt!r} must be true or false")
+
+    def select(self, rows: Sequence[dict]) -> dict:
+        "P_id and P_dy of a repository with these settings (`hybrid_pairs`)."
+        return hybrid_pairs(rows, self.delta, self.tau, top_k=self.top_k, tau_mode=self.tau_mode, n_fronts=self.n_fronts,
+                            same_prompt=self.same_prompt)
 
 # %% ../nbs/13_selection.ipynb #ee3b0f4d
 def plot_selection(rows: Sequence[dict], pairs, n_fronts: int = 1, ax=None, title: str | None = None):

@@ -255,7 +255,7 @@ def test_kill_and_resume_in_a_new_process(pairs, init_lora, tmp_path):
     st_a, st_b = (torch.load(tmp_path/k/'state.pt', weights_only=True) for k in 'ab')
     assert st_b['step'] == 6 and [r['step'] for r in st_b['log']] == list(range(1, 7))
     for ra, rb in zip(log_a, st_b['log']): assert ra['loss'] == pytest.approx(rb['loss'], rel=1e-5)
-    with pytest.raises(ValueError, match="holds a run with lr=0.001, this one has lr=0.002"):
+    with pytest.raises(ValueError, match=r"holds a HPO run with other settings \(lr: 0.001 → 0.002\)"):
         train_hpo(a, pairs, HPOConfig(steps=6, lr=2e-3, save_every=3, rank=3), ckpt_dir=tmp_path/'a', progress=False)
 
 def test_resume_when_finished_is_a_no_op(pairs, tmp_path):
