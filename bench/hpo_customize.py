@@ -29,7 +29,9 @@ def main():
     import numpy as np, torch
     if a.threads: torch.set_num_threads(a.threads)
     from magicid import world, dreambooth, hpo, customize, core
-    from magicid.backbone import load_scale_backbone, render_dataset, save_lora
+    from magicid.backbone import load_scale_backbone
+    from magicid.lora import save_lora
+    from magicid.pretrain import render_dataset
     ident = world.sample_identities('eval', 1, 0)[0]
     refs = world.reference_images(ident, 4, 0)
     vids, _, caps = render_dataset(2*a.pairs, seed=1, progress=False)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, asdict, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 import numpy as np
-from . import core, dreambooth, repository, selection, hpo, media, rewards
+from . import core, dreambooth, repository, selection, hpo, media, rewards, facedetect
 from .core import check_choice, check_number, atomic_write
 from .checkpoint import settings_diff
 from .backbone import load_scale_backbone
@@ -144,10 +144,19 @@ def _ref_names(src) -> list[str]:
     if isinstance(src, (str, os.PathLike)): return [Path(src).name]
     return [Path(f).name for f in src]
 
-def check_refs(refs: np.ndarray, names: Sequence[str], cfg: CustomizeConfig) -> np.ndarray:
-    """Refuse reference images this run cannot use, naming the files; called before anything is loaded or written.
-    The scale's face detector belongs here: images in which it finds no face are to be refused by name."""
+def check_refs(refs: np.ndarray, names: Sequence[str], cfg: CustomizeConfig, detector=None) -> np.ndarray:
+    """Refuse reference images in which the scale's face detector finds no face, naming the files; called before
+    anything is loaded or written. `detector`: `facedetect.load_face_detector(scale, pack_dir)`; None loads the shipped
+    tiny detector at smoke/tiny (at h100/paper the reward insightface pack's SCRFD must be given)."""
     if len(names) != len(refs): raise ValueError(f"refs: {len(refs)} images but {len(names)} names")
+    if detector is None:
+        if cfg.scale in ('h100', 'paper'):
+            raise ValueError(f"refs: scale={cfg.scale!r} checks the references with the reward insightface pack's face detector; "
+                             "pass detector=facedetect.load_face_detector(scale, pack_dir) (the command line has no pack setting yet: "
+                             "make_rewarder needs the same pack)")
+        detector = facedetect.load_face_detector(cfg.scale)
+    try: facedetect.check_faces(refs, names, detector)
+    except ValueError as e: raise ValueError(f"refs: {e}") from None
     return refs
 
 def check_inputs(refs, cfg: CustomizeConfig, prompts: Sequence[str] | None = None) -> tuple[np.ndarray, list[str]]:

@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 from .core import check_choice, check_number
 from .checkpoint import load_checkpoint, save_checkpoint, save_due
-from .backbone import add_lora, save_lora
+from .lora import add_lora, save_lora
 from .media import load_images
 from .world import inflate
 

@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 from .core import check_number
 from .checkpoint import load_checkpoint, save_checkpoint, save_due
 from .dpo import diffusion_dpo_margin
-from .backbone import T2VPipeline, add_lora, lora_disabled, save_lora, load_lora, LORA_FILE
+from .backbone import T2VPipeline
+from .lora import add_lora, lora_disabled, save_lora, load_lora, LORA_FILE
 
 # %% auto #0
 __all__ = ['denoising_error', 'hpo_loss', 'pair_forward', 'prepare_policy', 'combine_loras', 'HPOConfig', 'train_hpo']

@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 from .core import atomic_path, atomic_write, check_number, repo_root
-from .backbone import lora_disabled
+from .lora import lora_disabled
 from .media import load_images
 from .world import inflate, read_prompts, subject
 

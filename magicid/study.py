@@ -8,15 +8,19 @@ import json, shutil
 from pathlib import Path
 from typing import Sequence
 import numpy as np
-from . import core
+from . import core, metrics
+from .core import atomic_write, sha256_file
 from .customize import CustomizeConfig, customize, load_run_backbone
+from .lora import load_lora
+from .metrics import bootstrap_ci
 
 # %% auto #0
 __all__ = ['SHAREABLE', 'METRICS', 'shares_base', 'check_variants', 'compare_settings', 'summarize']
 
 # %% ../nbs/16_study.ipynb #d361155f
-SHAREABLE = frozenset({'delta', 'tau', 'tau_mode', 'top_k', 'n_fronts', 'same_prompt', 'beta', 'hpo_steps', 'hpo_lr',
-                       'hpo_batch_size', 'hpo_rank', 'schedule', 'stage1_fraction', 'resample_vt', 'save_every', 'n_samples'})
+SHAREABLE = frozenset({'selection.delta', 'selection.tau', 'selection.tau_mode', 'selection.top_k', 'selection.n_fronts',
+                       'selection.same_prompt', 'hpo.beta', 'hpo.steps', 'hpo.lr', 'hpo.batch_size', 'hpo.rank', 'schedule',
+                       'stage1_fraction', 'resample_vt', 'save_every', 'n_samples'})
 
 def shares_base(overrides: dict) -> bool:
     "Whether a variant changes only settings read after the repository (so it may start from the base run's stages 1–3)."
@@ -37,18 +41,15 @@ def check_variants(variants: dict, scale: str = 'tiny') -> dict[str, CustomizeCo
 METRICS = ('face_sim', 'dynamic_degree', 'clip_t')
 
 def _evaluate(videos, prompts, ident: str, refs, inst) -> list[dict]:
-    from magicid import metrics
     rows = metrics.evaluate(list(videos), list(prompts), [ident]*len(videos), {ident: refs}, inst, progress=False)[0]
     return [{m: float(r[m]) for m in METRICS} for r in rows]
 
 def _weights_key(folder) -> dict:
     "sha256 of every file under `folder`: the LoRA a cached evaluation was measured on."
-    from magicid.core import sha256_file
     return {str(f.relative_to(folder)): sha256_file(f) for f in sorted(Path(folder).rglob('*')) if f.is_file()}
 
 def _cached_eval(path, key: dict | None, compute) -> list[dict]:
     "The metrics `compute()` returns, kept in the JSON file `path` under `key`; a different key computes them again (None: never kept)."
-    from magicid.core import atomic_write
     if key is None: return compute()
     path = Path(path)
     if path.exists():
@@ -61,8 +62,6 @@ def _cached_eval(path, key: dict | None, compute) -> list[dict]:
 def compare_settings(refs: dict, prompts: Sequence[str], variants: dict, work_dir, scale: str = 'tiny', inst=None,
                      seed: int = 0, log=print) -> dict:
     "Customize each identity of `refs` ({name: images}) with each variant; per-video DreamBooth and MagicID metrics on `prompts`."
-    from magicid import metrics
-    from magicid.backbone import load_lora
     cfgs = check_variants(variants, scale)
     if not refs: raise ValueError("refs: give at least one identity (a mapping name -> reference images)")
     if not len(prompts): raise ValueError("prompts: give at least one prompt")
@@ -79,7 +78,7 @@ def compare_settings(refs: dict, prompts: Sequence[str], variants: dict, work_di
                 for sub in ('initial_lora', 'repository'): shutil.copytree(Path(work_dir)/str(ident)/base/sub, run_dir/sub)
             rec = customize(r, run_dir, cfg, progress=False, log=lambda *a: None)
             s = seed + 10_000*k
-            kw = dict(steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale, seed=s, eta=cfg.eta)
+            kw = dict(steps=cfg.repository.sample_steps, cfg_scale=cfg.repository.cfg_scale, seed=s, eta=cfg.repository.eta)
             def key(lora): return None if own_inst else dict(kw, prompts=list(prompts), weights=_weights_key(lora))
             mi = _cached_eval(run_dir/'study_eval_magicid.json', key(run_dir/'lora'), lambda: _evaluate(
                 rec['pipe'](list(prompts), **kw, progress=False), prompts, str(ident), r, inst))
@@ -102,7 +101,6 @@ def compare_settings(refs: dict, prompts: Sequence[str], variants: dict, work_di
 
 def summarize(study: dict, n_boot: int = 2000, seed: int = 0) -> list[dict]:
     "One row per variant: pair counts, HPO fit, and per metric MagicID − DreamBooth with a 95% interval over identities."
-    from magicid.metrics import bootstrap_ci
     rows = []
     for name in dict.fromkeys(v['variant'] for v in study['videos']):
         vv = [v for v in study['videos'] if v['variant'] == name]

@@ -2,17 +2,19 @@
 import json, os, subprocess, sys
 from pathlib import Path
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 from safetensors.torch import load_file
 from magicid import world, customize, hpo, selection
-from magicid.backbone import build_tiny, BackboneConfig, save_backbone, load_backbone, load_lora
+from magicid.backbone import load_backbone
+from magicid.lora import add_lora, load_lora
 
 MAGICID = str(Path(sys.executable).parent/'magicid')
 
 @pytest.fixture(scope='module')
-def backbone_dir(tmp_path_factory):
-    return str(save_backbone(build_tiny(BackboneConfig(layers=1, head_dim=8, ffn_dim=32), seed=1), tmp_path_factory.mktemp('bb')/'backbone'))
+def backbone_dir(small_backbone_dir):
+    return str(small_backbone_dir)
 
 @pytest.fixture(scope='module')
 def refs_dir(tmp_path_factory):
@@ -121,6 +123,18 @@ def test_bad_prompts_and_backbone_folder_exit_2(backbone_dir, refs_dir, tmp_path
     r = _cli('customize', '--refs', str(refs_dir), '--out', str(tmp_path/'o'), '--scale', 'smoke', '--set', f'backbone_dir={tmp_path/"nobb"}')
     _refused(r, tmp_path/'o', f"magicid customize: error: backbone_dir={str(tmp_path/'nobb')!r}: no such folder")
 
+def test_references_without_a_face_are_refused_by_name(refs_dir, tmp_path):
+    "The scale's face detector (the shipped tiny one at smoke) finds no face in a plain grey image: exit 2, the file named."
+    d = tmp_path/'refs'; d.mkdir()
+    for f in Path(refs_dir).iterdir(): (d/f.name).write_bytes(f.read_bytes())
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(d/'grey.png')
+    r = _cli('customize', '--refs', str(d), '--out', str(tmp_path/'o'), '--scale', 'smoke')
+    _refused(r, tmp_path/'o', "magicid customize: error: refs: no face found in 1 of 4 reference images: grey.png; "
+                              "give photos with one clearly visible face")
+    one = tmp_path/'one'; one.mkdir(); (one/'grey.png').write_bytes((d/'grey.png').read_bytes())
+    _refused(_cli('customize', '--refs', str(one), '--out', str(tmp_path/'o'), '--scale', 'smoke'), tmp_path/'o',
+             "magicid customize: error: refs: no face found in 1 of 1 reference images: grey.png")
+
 def test_check_refs_runs_before_anything_is_written(refs_dir, tmp_path, monkeypatch, capsys):
     seen = []
     def no_face(refs, names, cfg):
@@ -131,8 +145,6 @@ def test_check_refs_runs_before_anything_is_written(refs_dir, tmp_path, monkeypa
     assert capsys.readouterr().err.startswith('magicid customize: error: refs: no face found in 0.png')
 
 def test_unloading_the_initial_adapter_restores_the_base_exactly(backbone_dir):
-    import torch
-    from magicid.backbone import add_lora
     pipe = load_backbone(backbone_dir)
     a = pipe(['a person nods'], steps=2, seed=3, progress=False)
     with torch.no_grad():
@@ -151,7 +163,6 @@ def test_the_repository_bar_moves_per_video(backbone_dir, refs_dir, tmp_path, mo
     monkeypatch.setattr(repository, 'tqdm', Bar)
     refs = world.reference_images(world.sample_identities('dev', 1, 3)[0], 2, 0)
     rc = repository.RepositoryConfig(n_prompts=2, n_t=3, n_s=2, sample_steps=1, batch_size=8)
-    from magicid.backbone import add_lora
     pipe = load_backbone(backbone_dir); add_lora(pipe, 2)                     # V_s: the same model, its adapter disabled
     repository.build_repository(pipe, refs, repository.load_prompts(n=2), tmp_path, rc, rewards.tiny_rewarder(refs))
     assert steps == [1]*7

@@ -7,12 +7,13 @@ import torch
 from safetensors.torch import load_file
 import magicid.hpo as hpo
 from magicid.hpo import HPOConfig, hpo_loss, pair_forward, prepare_policy, combine_loras, train_hpo, denoising_error
-from magicid.backbone import BackboneConfig, build_tiny, add_lora, save_lora, load_lora, lora_disabled, render_dataset, LORA_FILE
+from magicid.backbone import BackboneConfig, build_tiny
+from magicid.lora import add_lora, save_lora, load_lora, lora_disabled, LORA_FILE
+from magicid.pretrain import render_dataset
 from magicid.dpo import diffusion_dpo_margin
 from magicid.world import inflate
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = dict(layers=1, head_dim=8, ffn_dim=32)
 
 @pytest.fixture(autouse=True, scope='module')
 def one_thread():
@@ -21,7 +22,7 @@ def one_thread():
     yield
     torch.set_num_threads(n)
 
-def tiny(prediction='flow', seed=0): return build_tiny(BackboneConfig(prediction=prediction, **SMALL), seed)
+def tiny(prediction='flow', seed=0): return build_tiny(BackboneConfig.small(prediction=prediction), seed)
 
 @pytest.fixture(scope='module')
 def pairs():
@@ -223,7 +224,7 @@ RESUME = textwrap.dedent('''
     from magicid.hpo import HPOConfig, prepare_policy, train_hpo
     from magicid.backbone import BackboneConfig, build_tiny
     pairs, init, ck, out = pickle.load(open(sys.argv[1], 'rb'))
-    pipe = build_tiny(BackboneConfig(layers=1, head_dim=8, ffn_dim=32), 0)
+    pipe = build_tiny(BackboneConfig.small(), 0)
     ps = prepare_policy(pipe, init, rank=3)
     with torch.no_grad():
         for p in ps: p.normal_()
