@@ -153,6 +153,11 @@ class T2VPipeline:
         return self
 
     # --- text ---
+    def clear_text_cache(self):
+        "Forget memoized text embeddings (after the text encoder changed, or to compute them as a fresh load would)."
+        self._text_cache.clear()
+        return self
+
     def encode_prompt(self, prompts: Sequence[str], cache: bool = False) -> torch.Tensor:
         "Text embeddings (N, L, D); padding positions zeroed. With `cache`, frozen-encoder results are memoized."
         if isinstance(prompts, str): prompts = [prompts]

@@ -225,7 +225,7 @@ def customize(refs, out, cfg: CustomizeConfig, prompts: Sequence[str] | None = N
     #    + a fresh adapter; reference = adapters disabled
     t0 = time.time()
     pipe.transformer.unload_lora()
-    pipe._text_cache.clear()                                              # embeddings computed as in a resumed run (a fresh load)
+    pipe.clear_text_cache()                                              # embeddings computed as in a resumed run (a fresh load)
     hpo.prepare_policy(pipe, init_dir, rank=cfg.hpo.rank)
     pid = _pairs_to_training(rows, P['id'], out/'repository')
     pall = pid + _pairs_to_training(rows, P['dy'], out/'repository')

@@ -99,7 +99,7 @@ def pretrain(pipe: T2VPipeline, videos: np.ndarray, captions: Sequence[str], cfg
     if len(videos) != len(captions): raise ValueError(f"videos ({len(videos)}) and captions ({len(captions)}) differ in number")
     params = [p for m in (pipe.transformer, pipe.text_encoder) for p in m.parameters()]
     for p in params: p.requires_grad_(True)
-    pipe._text_cache.clear()                                         # the text encoder trains: no cached embeddings
+    pipe.clear_text_cache()                                         # the text encoder trains: no cached embeddings
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     steps = cfg.steps                                                # lr(s) = lr·min(1, (s+1)/warmup)·½(1 + cos(π s/steps))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1)/cfg.warmup)*0.5*(1 + math.cos(math.pi*min(s, steps)/steps)))
