@@ -19,11 +19,11 @@ from .identity import IDEncoder, identity_similarity, load_tiny_id_encoder
 from .metrics import bootstrap_ci
 
 # %% auto #0
-__all__ = ['AUTOENCODER_DIR', 'AUTOENCODER_FILES', 'RETRAIN_COMMAND', 'AutoencoderConfig', 'build_autoencoder', 'render_frames',
-           'to_tensor', 'to_uint8', 'face_weights', 'batch_at', 'autoencoder_loss', 'train_autoencoder', 'latent_stats',
-           'set_latent_stats', 'encode_videos', 'decode_latents', 'reconstruct', 'default_weights_dir',
-           'save_autoencoder', 'load_autoencoder', 'autoencoder_info', 'eval_videos', 'psnr', 'seconds_per_video',
-           'reconstruction_eval', 'retrain_autoencoder']
+__all__ = ['AUTOENCODER_DIR', 'AUTOENCODER_FILES', 'RETRAIN_COMMAND', 'README_TITLE', 'AutoencoderConfig', 'build_autoencoder',
+           'render_frames', 'to_tensor', 'to_uint8', 'face_weights', 'batch_at', 'autoencoder_loss',
+           'train_autoencoder', 'latent_stats', 'set_latent_stats', 'encode_videos', 'decode_latents', 'reconstruct',
+           'default_weights_dir', 'save_autoencoder', 'load_autoencoder', 'autoencoder_info', 'eval_videos', 'psnr',
+           'seconds_per_video', 'reconstruction_eval', 'retrain_autoencoder']
 
 # %% ../nbs/10c_autoencoder.ipynb #8d416406
 def _is_int(v) -> bool: return isinstance(v, int) and not isinstance(v, bool)
@@ -38,7 +38,7 @@ class AutoencoderConfig:
     "Architecture, data and recipe of the tiny latent autoencoder (a diffusers `AutoencoderKL`)."
     size: int = 64                      # frame side (pixels) the world is rendered at
     block_channels: tuple = (16, 32, 64)  # channels per resolution; a ×2 downsampling between blocks
-    latent_channels: int = 4            # C of the latents (N, C, F, h, w)
+    latent_channels: int = 8            # C of the latents (N, C, F, h, w)
     layers_per_block: int = 1           # ResNet layers per block (the decoder has one more)
     attention: bool = False             # self-attention in the mid block
     norm_groups: int = 8                # GroupNorm groups (divides every block's channels)
@@ -47,7 +47,7 @@ class AutoencoderConfig:
     lr: float = 1e-3                    # peak learning rate of AdamW (no weight decay)
     warmup: int = 100                   # steps of linear warm-up, then a cosine down to lr/10 at `steps`
     batch_size: int = 16                # frames per step
-    steps: int = 2000                   # optimizer steps in all
+    steps: int = 4000                   # optimizer steps in all
     n_videos: int = 1200                # rendered 'pretrain' videos (of n_videos // 2 identities); their frames are the data
     frames: int = 8                     # frames per rendered video
     seed: int = 0                       # data, initial weights, and the batch and noise of step s drawn from (seed, s)
@@ -158,10 +158,10 @@ def train_autoencoder(cfg: AutoencoderConfig, data: tuple[np.ndarray, np.ndarray
                                        torch.Generator().manual_seed(noise_seed))
         if not torch.isfinite(loss): raise FloatingPointError(f"autoencoder: loss is {loss.item()} at step {step}; last good checkpoint in {ckpt_dir}")
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
+        stop = max_seconds is not None and time.perf_counter() - t0 >= max_seconds
+        if (step + 1) % log_every == 0 or step + 1 == cfg.steps or stop:       # the log's last entry is the last step done
             log.append(dict(step=step + 1, **parts, lr=cfg.lr*_lr_factor(step, cfg), seconds=round(done_s + time.perf_counter() - t0, 1)))
             bar.set_postfix(l1=f"{parts['l1']:.4f}", kl=f"{parts['kl']:.1f}")
-        stop = max_seconds is not None and time.perf_counter() - t0 >= max_seconds
         if ckpt_dir is not None and (stop or save_due(step + 1, cfg.steps, save_every)):
             save_checkpoint(ckpt_dir, step + 1, settings, model=vae.state_dict(), optimizer=opt.state_dict(), log=log)
         if stop: break
@@ -228,6 +228,7 @@ def reconstruct(vae: AutoencoderKL, videos: np.ndarray, batch: int = 256) -> np.
 AUTOENCODER_DIR = 'data/autoencoder'
 AUTOENCODER_FILES = ('config.json', 'diffusion_pytorch_model.safetensors', 'autoencoder.json')  # diffusers' folder; training record
 RETRAIN_COMMAND = '.venv/bin/magicid-run --scale tiny --only 10c_autoencoder -p retrain=True'
+README_TITLE = 'Tiny latent autoencoder (diffusers AutoencoderKL, world frames)'
 
 def default_weights_dir() -> Path:
     "data/autoencoder/ of the checkout."
@@ -238,7 +239,7 @@ def save_autoencoder(vae: AutoencoderKL, folder, info: dict | None = None, notes
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     vae.save_pretrained(folder, safe_serialization=True)
     atomic_write(folder/AUTOENCODER_FILES[2], json.dumps(info or {}, indent=1, default=float) + '\n')
-    write_weights_readme(folder, 'Tiny latent autoencoder (diffusers AutoencoderKL, world frames)', RETRAIN_COMMAND, notes)
+    write_weights_readme(folder, README_TITLE, RETRAIN_COMMAND, notes)
     return folder
 
 def load_autoencoder(weights_dir=None) -> AutoencoderKL:
@@ -274,8 +275,8 @@ def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
     return float('inf') if mse == 0 else float(10*np.log10(255**2/mse))
 
 def seconds_per_video(vae: AutoencoderKL, videos: np.ndarray, repeats: int = 3) -> float:
-    "Median wall seconds to encode and decode one video (F frames in one batch), over `repeats` × the first videos."
-    ts = []
+    "Median wall seconds to encode and decode one video (F frames in one batch), over the first `repeats` videos, after a warm-up call."
+    reconstruct(vae, videos[:1]); ts = []
     for v in videos[:repeats]:
         t0 = time.perf_counter(); reconstruct(vae, v[None]); ts.append(time.perf_counter() - t0)
     return float(np.median(ts))
@@ -307,16 +308,19 @@ def reconstruction_eval(vae: AutoencoderKL, identities: Sequence[world.Identity]
 
 # %% ../nbs/10c_autoencoder.ipynb #8dae7286
 def retrain_autoencoder(folder=None, cfg: AutoencoderConfig | None = None, n_dev_ids: int = 24, n_dev_videos: int = 4,
-                        n_stats_frames: int = 2000, max_seconds: float | None = None, threads: int = 1, progress: bool = True) -> dict | None:
+                        n_stats_frames: int = 2000, max_seconds: float | None = None, partial: bool = False, threads: int = 1,
+                        progress: bool = True) -> dict | None:
     """Render, train (`threads` torch threads, resumable from `folder/_checkpoint`), measure the latents' statistics on
     training frames, score the reconstruction on 'dev' identities with the evaluation ID encoder, and ship into `folder`
-    (default data/autoencoder/); the checkpoint is removed once shipped. None if stopped by `max_seconds`."""
+    (default data/autoencoder/); the checkpoint is removed once the run is complete. A session stopped by `max_seconds`
+    returns None, or with `partial` ships the weights it reached and keeps the checkpoint, so that a later call resumes."""
     folder, cfg = Path(folder) if folder is not None else default_weights_dir(), cfg or AutoencoderConfig()
     before = torch.get_num_threads(); torch.set_num_threads(threads)
     try:
         t0 = time.perf_counter(); frames, boxes = render_frames(cfg, progress=progress); render_s = time.perf_counter() - t0
         vae, log = train_autoencoder(cfg, (frames, boxes), ckpt_dir=folder/'_checkpoint', max_seconds=max_seconds, progress=progress)
-        if log[-1]['step'] < cfg.steps: return None
+        done = log[-1]['step'] >= cfg.steps
+        if not (done or partial): return None
         pick = np.random.default_rng([cfg.seed, 29]).choice(len(frames), min(n_stats_frames, len(frames)), replace=False)
         stats = latent_stats(vae, frames[np.sort(pick)])
         set_latent_stats(vae, stats)
@@ -327,15 +331,18 @@ def retrain_autoencoder(folder=None, cfg: AutoencoderConfig | None = None, n_dev
     info = dict(config=asdict(cfg), split='pretrain', choice_split='dev', n_params=n_params, latent_stats=stats,
                 normalisation='per channel: (z - latents_mean)/latents_std (Wan convention); global shift_factor/scaling_factor also set',
                 dev=dev, n_dev_ids=n_dev_ids, n_dev_videos=n_dev_videos, render_s=round(render_s, 1),
-                train_s=log[-1]['seconds'], torch_threads=threads, log=log)
+                train_s=log[-1]['seconds'], steps_done=log[-1]['step'], torch_threads=threads, log=log)
     notes = (f"AutoencoderKL {cfg.size}×{cfg.size} → {cfg.latent_channels}×{cfg.size//cfg.downsample}×{cfg.size//cfg.downsample} "
              f"(blocks {cfg.block_channels}, {cfg.layers_per_block} layer(s) per block, attention {cfg.attention}; {n_params:,} parameters), "
-             f"trained on {len(frames)} frames of {cfg.n_videos} 'pretrain' videos, {cfg.steps} steps of {cfg.batch_size} on "
+             f"trained on {len(frames)} frames of {cfg.n_videos} 'pretrain' videos, {log[-1]['step']} of {cfg.steps} steps of {cfg.batch_size} on "
              f"{threads} torch thread(s): render {render_s/60:.1f} min + train {log[-1]['seconds']/60:.1f} min (training wall time "
              f"summed over resumed sessions). Reconstruction on 'dev' ({n_dev_ids} identities × {n_dev_videos} videos), Face Sim own "
              f"{dev['recon_own']['mean']:.3f} (renders {dev['render_own']['mean']:.3f}), other {dev['recon_other']['mean']:.3f}, PSNR "
              f"{dev['psnr']['mean']:.1f} dB. Made by nbs/10c_autoencoder.ipynb (module `magicid.autoencoder`, `load_autoencoder`); "
-             "the training record and the latents' statistics are in autoencoder.json.")
+             "the training record and the latents' statistics are in autoencoder.json." + ('' if done else
+             f" PARTIAL: the run stopped at step {log[-1]['step']} of {cfg.steps} (a time box); _checkpoint/ holds its state, and "
+             "the re-train command below resumes it to the end (then replaces these weights and removes the checkpoint)."))
     save_autoencoder(vae, folder, info, notes)
-    shutil.rmtree(folder/'_checkpoint', ignore_errors=True)
+    if done:                                                         # complete: the checkpoint goes, and the README lists what stays
+        shutil.rmtree(folder/'_checkpoint', ignore_errors=True); write_weights_readme(folder, README_TITLE, RETRAIN_COMMAND, notes)
     return info

@@ -11,7 +11,7 @@ from magicid.autoencoder import (AUTOENCODER_FILES, AutoencoderConfig, autoencod
                                  render_frames, save_autoencoder, set_latent_stats, train_autoencoder)
 from magicid.identity import load_tiny_id_encoder, face_similarity
 
-SMALL = dict(size=16, block_channels=(8, 8), norm_groups=4, n_videos=4, frames=2, steps=5, batch_size=4, warmup=2)
+SMALL = dict(size=16, block_channels=(8, 8), latent_channels=4, norm_groups=4, n_videos=4, frames=2, steps=5, batch_size=4, warmup=2)
 
 
 @pytest.fixture(scope='module')
