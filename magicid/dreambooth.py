@@ -4,7 +4,6 @@
 
 # %% ../nbs/11_dreambooth.ipynb #0d0934d3
 from __future__ import annotations
-import hashlib
 from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Any, Callable
@@ -12,7 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 from .core import check_choice, check_number
-from .checkpoint import load_checkpoint, save_checkpoint, save_due
+from .checkpoint import data_fingerprint, load_checkpoint, save_checkpoint, save_due
 from .lora import add_lora, save_lora
 from .media import load_images
 from .world import inflate
@@ -77,10 +76,6 @@ def trainable_lora(pipe, adapter_name: str = 'default') -> list[torch.nn.Paramet
     if not params: raise ValueError(f"adapter_name={adapter_name!r}: the transformer has no such LoRA adapter")
     return params
 
-def _refs_fingerprint(refs: np.ndarray) -> str:
-    "The identity of a reference set (count, size, sha256 of the pixels): a checkpoint resumes only on the same images."
-    return f"{'x'.join(map(str, refs.shape))}:{hashlib.sha256(np.ascontiguousarray(refs).tobytes()).hexdigest()[:16]}"
-
 def train_lora(pipe, refs, cfg: DreamBoothConfig, ckpt_dir=None, progress: bool = True, callback=None,
                log: Callable[[str], Any] | None = print) -> list[dict]:
     "DreamBooth-LoRA on reference images `refs` (K, H, W, 3); resumable from `ckpt_dir` (`magicid.checkpoint`). Returns the loss log."
@@ -90,7 +85,7 @@ def train_lora(pipe, refs, cfg: DreamBoothConfig, ckpt_dir=None, progress: bool 
     named = {n: p for n, p in pipe.transformer.named_parameters() if p.requires_grad}
     params = list(named.values())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    settings = cfg.settings() | dict(refs=_refs_fingerprint(refs))
+    settings = cfg.settings() | dict(refs=data_fingerprint(refs))    # a checkpoint resumes only on the same images
     st = load_checkpoint(ckpt_dir, settings, 'initial LoRA', log=log)     # None: start at step 0
     start, hist = 0, []
     if st is not None:
