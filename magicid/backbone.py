@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import diffusers
-from diffusers import AutoencoderKLWan, DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+from diffusers import AutoencoderKL, AutoencoderKLWan, DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
 from tokenizers import Tokenizer, Regex, models, normalizers, pre_tokenizers
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
@@ -19,9 +19,9 @@ from . import core, world
 from .core import check_choice
 
 # %% auto #0
-__all__ = ['RARE_TOKENS', 'BackboneConfig', 'world_vocabulary', 'build_tokenizer', 'tokenize', 'videos_to_tensor',
-           'tensor_to_videos', 'T2VPipeline', 'make_scheduler', 'build_tiny', 'save_backbone', 'load_backbone',
-           'load_scale_backbone']
+__all__ = ['RARE_TOKENS', 'VAE_CLASSES', 'BackboneConfig', 'world_vocabulary', 'build_tokenizer', 'tokenize', 'videos_to_tensor',
+           'tensor_to_videos', 'vae_factors', 'vae_encode', 'vae_decode', 'T2VPipeline', 'make_scheduler', 'build_tiny',
+           'save_backbone', 'load_backbone', 'load_scale_backbone']
 
 # %% ../nbs/10_backbone.ipynb #21ec879a
 def _check_objective(prediction: str, output: str):
@@ -53,6 +53,7 @@ class BackboneConfig:
     output: str = 'velocity'         # flow: the network outputs the velocity, or 'x0' (v = (x_t − x̂0)/t, JiT)
     t_logit_mean: float = 0.0        # flow training times t = sigmoid(m + n), n ~ N(0, 1); m > 0 favours noise
     noise_mix: float = 0.0           # α of the mixed noise prior (PYoCo): frames share α²/(1+α²) of the noise variance
+    latent: bool = False             # True: the transformer models an image autoencoder's latents (10c_autoencoder), not pixels
 
     @classmethod
     def small(cls, **overrides) -> BackboneConfig:
@@ -66,6 +67,7 @@ class BackboneConfig:
         self.patch = tuple(self.patch)
         _check_noise_mix(self.noise_mix)
         if self.size % self.patch[1] or self.size % self.patch[2]: raise ValueError(f"size={self.size} must be divisible by the patch {self.patch}")
+        if not isinstance(self.latent, bool): raise ValueError(f"BackboneConfig.latent={self.latent!r} must be True or False")
 
 # %% ../nbs/10_backbone.ipynb #b0a03288
 RARE_TOKENS = ['sks', 'zwx', 'qlv', 'vbn', 'xjt', 'pqy', 'kfd', 'wmr']
@@ -109,6 +111,29 @@ def videos_to_tensor(videos: np.ndarray) -> torch.Tensor:
 def tensor_to_videos(x: torch.Tensor) -> np.ndarray:
     "float (N, 3, F, H, W) in [−1, 1] → uint8 (N, F, H, W, 3)."
     return x.detach().float().clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 4, 1).cpu().numpy()
+
+def vae_factors(vae) -> tuple[int, int]:
+    "(temporal, spatial) downsampling of a VAE: a video VAE's (Wan: 4, 8), or (1, 2^(blocks−1)) for an image `AutoencoderKL`."
+    c = vae.config
+    if isinstance(vae, AutoencoderKL): return 1, 2**(len(c.block_out_channels) - 1)
+    return getattr(c, 'scale_factor_temporal', 4), getattr(c, 'scale_factor_spatial', 8)
+
+def _frames_through(vae, x: torch.Tensor, fn, batch: int) -> torch.Tensor:
+    "An image VAE's `fn` on every frame of (N, C, F, H, W), as (N·F, C, H, W) in batches; back to (N, C', F, H', W')."
+    n, c, f, h, w = x.shape
+    y = x.transpose(1, 2).reshape(n*f, c, h, w)
+    y = torch.cat([fn(y[i:i + batch]) for i in range(0, len(y), batch)])
+    return y.view(n, f, *y.shape[1:]).transpose(1, 2).contiguous()
+
+def vae_encode(vae, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    "Pixels (N, 3, F, H, W) in [−1, 1] → the posterior means, not normalised; an image autoencoder encodes each frame on its own."
+    if isinstance(vae, AutoencoderKL): return _frames_through(vae, x, lambda y: vae.encode(y).latent_dist.mode(), batch)
+    return vae.encode(x).latent_dist.mode()
+
+def vae_decode(vae, z: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    "Latents (not normalised) → pixels (N, 3, F, H, W) in [−1, 1]; the inverse of `vae_encode`."
+    if isinstance(vae, AutoencoderKL): return _frames_through(vae, z, lambda y: vae.decode(y).sample, batch)
+    return vae.decode(z).sample
 
 def _check_interval(name: str, iv) -> tuple[float, float]:
     "Validate a noise-level interval (lo, hi) with 0 <= lo < hi <= 1."
@@ -182,12 +207,13 @@ class T2VPipeline:
         "uint8 videos → the space the transformer works in (pixels in [−1, 1], or VAE latents)."
         x = videos_to_tensor(videos)
         if self.vae is None: return x.to(self.device)
-        with torch.no_grad(): lat = self.vae.encode(x.to(self.vae.device, self.vae.dtype)).latent_dist.mode()
+        with torch.no_grad(): lat = vae_encode(self.vae, x.to(self.vae.device, self.vae.dtype))
         return self._normalize_latents(lat).to(self.device)
 
     def decode(self, x: torch.Tensor) -> np.ndarray:
         "The transformer's space → uint8 videos."
-        if self.vae is not None: x = self.vae.decode(self._denormalize_latents(x).to(self.vae.device, self.vae.dtype)).sample
+        if self.vae is not None:
+            with torch.no_grad(): x = vae_decode(self.vae, self._denormalize_latents(x).to(self.vae.device, self.vae.dtype))
         return tensor_to_videos(x)
 
     def _latent_stats(self, like):
@@ -266,8 +292,11 @@ class T2VPipeline:
     @torch.no_grad()
     def __call__(self, prompts: Sequence[str], num_frames: int | None = None, steps: int = 25, cfg_scale: float = 4.5,
                  seed: int = 0, height: int | None = None, width: int | None = None, batch_size: int = 16,
-                 progress: bool = True, eta: float = 0.0, guidance_interval: Sequence[float] = (0.0, 1.0)) -> np.ndarray:
-        "Generate one video per prompt: uint8 (N, F, H, W, 3). Seeds are per video (seed + index); `eta` > 0: stochastic flow sampler."
+                 progress: bool = True, eta: float = 0.0, guidance_interval: Sequence[float] = (0.0, 1.0),
+                 init: np.ndarray | None = None, strength: float = 1.0) -> np.ndarray:
+        """Generate one video per prompt: uint8 (N, F, H, W, 3). Seeds are per video (seed + index); `eta` > 0: stochastic flow sampler.
+        `init` (uint8 videos, one per prompt): start from them noised to the noise level σ = `strength` (SDEdit), the schedule's
+        steps at or below it."""
         if isinstance(prompts, str): prompts = [prompts]
         if not len(prompts): raise ValueError("prompts: give at least one prompt")
         if any(not p.strip() for p in prompts): raise ValueError("prompts: a prompt is empty; the empty prompt is only used internally for guidance")
@@ -278,6 +307,11 @@ class T2VPipeline:
         if eta and self.prediction != 'flow': raise ValueError("eta: the stochastic sampler is for flow prediction; DDIM has its own eta")
         g_lo, g_hi = _check_interval('guidance_interval', guidance_interval)
         H, W = height or self.default_size, width or self.default_size
+        if not 0 < strength <= 1: raise ValueError(f"strength={strength} must be in (0, 1] (the noise level the init videos start from)")
+        if init is not None:
+            init = np.asarray(init)
+            if init.dtype != np.uint8 or init.shape != (len(prompts), F_, H, W, 3):
+                raise ValueError(f"init: expected uint8 videos {(len(prompts), F_, H, W, 3)} (one per prompt), got {init.dtype} {init.shape}")
         out = []
         bar = tqdm(total=len(prompts)*steps, desc='sampling', disable=not progress, leave=False)
         for b in range(0, len(prompts), batch_size):
@@ -289,14 +323,27 @@ class T2VPipeline:
             x = torch.stack([self.noise(shape[1:], g) for g in gens]).to(self.device, self.dtype)
             sch = self.scheduler_for(steps)
             n_T = sch.config.get('num_train_timesteps', 1000)            # t/T: the noise level σ of a flow step
-            for k, t in enumerate(sch.timesteps):
+            def guided(x, t):                                          # t: the scheduler's timestep (flow: σ·1000)
                 tp = t.expand(len(ps)).to(self.device)
                 if self.prediction == 'flow': tp = tp/1000             # predict's time: σ ∈ (0, 1) for flow, the step for eps
                 if cfg_scale != 1.0 and g_lo <= float(t)/n_T <= g_hi:    # guidance only for noise levels σ (t/T) in the interval
                     pc, pu = self.predict(torch.cat([x, x]), torch.cat([tp, tp]), torch.cat([cond, uncond.expand(len(ps), -1, -1)])).chunk(2)
-                    pred = pu + cfg_scale*(pc - pu)                    # classifier-free guidance
-                else:
-                    pred = self.predict(x, tp, cond)
+                    return pu + cfg_scale*(pc - pu)                    # classifier-free guidance
+                return self.predict(x, tp, cond)
+            k0 = 0
+            if init is not None:                                       # SDEdit: start from the init videos at noise level `strength`
+                k0 = next((k for k, t in enumerate(sch.timesteps) if float(t)/n_T <= strength + 1e-6), len(sch.timesteps))
+                if k0 == len(sch.timesteps): raise ValueError(f"strength={strength}: no sampling step at or below it with steps={steps}")
+                x0 = self.encode_videos(init[b:b + batch_size]).to(x)
+                if self.prediction == 'flow':                          # x_σ = (1−σ)x0 + σε at σ = strength exactly, then one Euler
+                    s = torch.tensor(float(strength))                  # step to the schedule's first level below: x += (σ_k0 − σ)·v
+                    x = self.add_noise(x0, x, s.expand(len(ps)).to(self.device))[0]
+                    if strength - sch.sigmas[k0].item() > 1e-6: x = x + (sch.sigmas[k0].item() - strength)*guided(x, s*n_T).float()
+                    x = x.to(self.dtype)
+                else:                                                  # x_t = √ᾱ x0 + √(1−ᾱ) ε at the first step t/T ≤ strength
+                    x = self.add_noise(x0, x, sch.timesteps[k0].expand(len(ps)).to(self.device))[0].to(self.dtype)
+            for k, t in list(enumerate(sch.timesteps))[k0:]:
+                pred = guided(x, t)
                 if eta:                                                # x̂0 = x − σv, ε̂ = x + (1−σ)v; x' = (1−σ')x̂0 + σ'(√(1−η²)ε̂ + ηz)
                     sg, sn = sch.sigmas[k].item(), sch.sigmas[k + 1].item()
                     z = torch.stack([self.noise(shape[1:], g) for g in gens]).to(x)
@@ -311,38 +358,45 @@ class T2VPipeline:
     def latent_shape(self, n, frames, h, w):
         "Shape of the noise for n videos of `frames` × h × w."
         pt, ph, pw = self.transformer.config.patch_size
-        sc = 1 if self.vae is None else getattr(self.vae.config, 'scale_factor_spatial', 8)
+        sc = 1 if self.vae is None else vae_factors(self.vae)[1]
         for name, v, p in (('height', h, ph), ('width', w, pw)):
             if v % (p*sc): raise ValueError(f"{name}={v} must be a multiple of {p*sc} (patch {p}" + (f" × VAE factor {sc})" if sc > 1 else ")"))
-        if self.vae is None:
+        tc = 1 if self.vae is None else vae_factors(self.vae)[0]
+        if tc == 1:                                                  # pixels, or an image autoencoder: one latent frame per frame
             if frames % pt: raise ValueError(f"num_frames={frames} must be a multiple of {pt} (the transformer's temporal patch {pt})")
-            return (n, 3, frames, h, w)
-        c = self.vae.config
-        tc, sc = getattr(c, 'scale_factor_temporal', 4), getattr(c, 'scale_factor_spatial', 8)
+            return (n, 3 if self.vae is None else self.vae.config.latent_channels, frames, h//sc, w//sc)
         if (frames - 1) % tc: raise ValueError(f"num_frames={frames}: with this VAE it must be {tc}k+1 (e.g. {tc*((frames - 1)//tc) + 1})")
-        return (n, c.z_dim, (frames - 1)//tc + 1, h//sc, w//sc)
+        return (n, self.vae.config.z_dim, (frames - 1)//tc + 1, h//sc, w//sc)
 
     default_frames, default_size = 8, 32
 
 # %% ../nbs/10_backbone.ipynb #42453d8b
+VAE_CLASSES = {'AutoencoderKLWan': AutoencoderKLWan, 'AutoencoderKL': AutoencoderKL}   # a backbone folder's vae/
+
 def make_scheduler(prediction: str, shift: float = 3.0):
     "The default sampler: Euler on the rectified flow, or DDIM for ε-prediction (Supp A samples with DDIM)."
     if prediction == 'flow': return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
     return DDIMScheduler(num_train_timesteps=1000, beta_schedule='scaled_linear', clip_sample=False, set_alpha_to_one=False,
                          prediction_type='epsilon', timestep_spacing='trailing')
 
-def build_tiny(cfg: BackboneConfig | None = None, seed: int = 0) -> T2VPipeline:
-    "A freshly initialized tiny backbone (pixel space, no VAE)."
+def build_tiny(cfg: BackboneConfig | None = None, seed: int = 0, vae: AutoencoderKL | None = None) -> T2VPipeline:
+    "A freshly initialized tiny backbone: on pixels, or (`cfg.latent`) on the latents of the image autoencoder `vae`."
     cfg = cfg or BackboneConfig()
+    if cfg.latent != (vae is not None):
+        raise ValueError(f"BackboneConfig.latent={cfg.latent} needs " + ("an image autoencoder: pass vae=magicid.autoencoder.load_autoencoder()"
+                         if cfg.latent else "no vae: set latent=True to model the autoencoder's latents"))
+    chans = vae.config.latent_channels if vae is not None else 3
+    if vae is not None and cfg.size % (vae_factors(vae)[1]*cfg.patch[1]):
+        raise ValueError(f"BackboneConfig.size={cfg.size} must be divisible by the autoencoder's factor {vae_factors(vae)[1]} × patch {cfg.patch[1]}")
     torch.manual_seed(seed)
     tok = build_tokenizer(max_len=cfg.max_text_len)
     te = UMT5EncoderModel(UMT5Config(vocab_size=len(tok.get_vocab()), d_model=cfg.text_dim, d_kv=cfg.text_dim//4, d_ff=cfg.text_dim*2,
                                      num_layers=cfg.text_layers, num_heads=4, relative_attention_num_buckets=8, dropout_rate=0.0,
                                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id))
-    tr = WanTransformer3DModel(patch_size=cfg.patch, num_attention_heads=cfg.heads, attention_head_dim=cfg.head_dim, in_channels=3,
-                               out_channels=3, text_dim=cfg.text_dim, freq_dim=64, ffn_dim=cfg.ffn_dim, num_layers=cfg.layers,
+    tr = WanTransformer3DModel(patch_size=cfg.patch, num_attention_heads=cfg.heads, attention_head_dim=cfg.head_dim, in_channels=chans,
+                               out_channels=chans, text_dim=cfg.text_dim, freq_dim=64, ffn_dim=cfg.ffn_dim, num_layers=cfg.layers,
                                rope_max_seq_len=64)
-    pipe = T2VPipeline(tr, te, tok, make_scheduler(cfg.prediction, cfg.shift), None, cfg.prediction, cfg.max_text_len,
+    pipe = T2VPipeline(tr, te, tok, make_scheduler(cfg.prediction, cfg.shift), vae, cfg.prediction, cfg.max_text_len,
                        output=cfg.output, t_logit_mean=cfg.t_logit_mean, noise_mix=cfg.noise_mix)
     pipe.default_frames, pipe.default_size, pipe.config = cfg.frames, cfg.size, cfg
     return pipe
@@ -355,7 +409,7 @@ def save_backbone(pipe: T2VPipeline, folder) -> Path:
     pipe.tokenizer.save_pretrained(tmp/'tokenizer'); pipe.scheduler.save_pretrained(tmp/'scheduler')
     if pipe.vae is not None: pipe.vae.save_pretrained(tmp/'vae')
     cfg = getattr(pipe, 'config', None)
-    kind = 'magicid-tiny' if pipe.vae is None and cfg is not None else 'diffusers-wan'
+    kind = 'magicid-tiny' if cfg is not None else 'diffusers-wan'
     (tmp/'magicid_backbone.json').write_text(json.dumps(dict(kind=kind, prediction=pipe.prediction, output=pipe.output,
         t_logit_mean=pipe.t_logit_mean, noise_mix=pipe.noise_mix, max_text_len=pipe.max_text_len,
         strict_tokens=pipe.strict_tokens, frames=pipe.default_frames, size=pipe.default_size, config=asdict(cfg) if cfg else None), indent=1))
@@ -385,8 +439,10 @@ def load_backbone(folder, dtype: torch.dtype | None = None, device: str = 'cpu',
     scfg = json.loads((folder/'scheduler'/'scheduler_config.json').read_text())
     sch = getattr(diffusers, scfg['_class_name']).from_pretrained(folder/'scheduler')
     vae = None
-    if (folder/'vae').is_dir():
-        vae = AutoencoderKLWan.from_pretrained(folder/'vae', torch_dtype=torch.float32)
+    if (folder/'vae').is_dir():                                      # Wan's video VAE, or the tiny image autoencoder (10c)
+        vcls = json.loads((folder/'vae'/'config.json').read_text()).get('_class_name')
+        if vcls not in VAE_CLASSES: raise ValueError(f"{folder}/vae: class {vcls!r} is not supported; expected one of {sorted(VAE_CLASSES)}")
+        vae = VAE_CLASSES[vcls].from_pretrained(folder/'vae', torch_dtype=torch.float32).eval()
     pred = prediction or meta.get('prediction', 'flow')
     pipe = T2VPipeline(tr, te, tok, sch, vae, pred, meta.get('max_text_len', 512),
                        strict_tokens=meta.get('strict_tokens', meta.get('kind') == 'magicid-tiny'),

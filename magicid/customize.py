@@ -205,6 +205,9 @@ def customize(refs, out, cfg: CustomizeConfig, prompts: Sequence[str] | None = N
     # 1. initial LoRA (DreamBooth) — also the DreamBooth baseline and π_ref
     t0 = time.time()
     pipe = load_run_backbone(cfg)                                         # the one backbone of the run
+    if refs.shape[1:3] != (pipe.default_size,)*2:
+        log(f"[customize] refs: {refs.shape[2]}×{refs.shape[1]} images cropped and resized to the backbone's {pipe.default_size}×{pipe.default_size}")
+        refs = media.fit_images(refs, pipe.default_size)
     rec['initial_log'] = dreambooth.train_lora(pipe, refs, cfg.initial, out/'initial_lora', progress=progress, log=log)[-1:]
     init_dir = out/'initial_lora'/'adapter'
     stage('initial_lora', t0)

@@ -15,7 +15,7 @@ IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff')
 
 # %% auto #0
 __all__ = ['VIDEO_SUFFIXES', 'IMAGE_SUFFIXES', 'check_video', 'check_images', 'load_video', 'load_images', 'save_video',
-           'video_grid']
+           'fit_images', 'video_grid']
 
 # %% ../nbs/07_media.ipynb #8cb4b30e
 def _describe(x) -> str:
@@ -104,6 +104,17 @@ def save_video(video: np.ndarray, path, fps: int = 8) -> Path:
                  else dict(duration=1000/fps, loop=0)
             iio.imwrite(tmp, video, extension=path.suffix.lower(), **kw)
     return path
+
+# %% ../nbs/07_media.ipynb #6d1aa103
+def fit_images(images: np.ndarray, size: int) -> np.ndarray:
+    "uint8 images (K, H, W, 3) → (K, size, size, 3): the centred square crop of each, resized (bicubic); unchanged if already that size."
+    from PIL import Image
+    images = check_images(images)
+    if not (isinstance(size, int) and size >= 1): raise ValueError(f"size={size!r} must be an int >= 1")
+    K, H, W, _ = images.shape
+    if (H, W) == (size, size): return images
+    s = min(H, W); y, x = (H - s)//2, (W - s)//2
+    return np.stack([np.asarray(Image.fromarray(im[y:y + s, x:x + s]).resize((size, size), Image.BICUBIC)) for im in images])
 
 # %% ../nbs/07_media.ipynb #104c1928
 def video_grid(videos: Sequence[np.ndarray], titles: Sequence[str] | None = None, frames_shown: int = 4, cell_inches: float = 1.0):

@@ -431,6 +431,79 @@ def test_save_load_round_trip_keeps_the_vae(wan, tmp_path):
     np.testing.assert_array_equal(q([PROMPT], **kw), wan([PROMPT], **kw))
 
 
+# ---------------------------------------------------------------- a backbone on an image autoencoder's latents
+
+@pytest.fixture(scope='module')
+def latent_pipe():
+    "A 1-layer backbone on the latents of a tiny random `AutoencoderKL` (16×16 frames → 4×8×8 latents, patch 1×2×2)."
+    from magicid.autoencoder import AutoencoderConfig, build_autoencoder
+    vae = build_autoencoder(AutoencoderConfig(size=16, block_channels=(8, 8), latent_channels=4, norm_groups=4))
+    vae.register_to_config(latents_mean=LAT_MEAN, latents_std=LAT_STD)
+    return B.build_tiny(B.BackboneConfig.small(latent=True, size=16, patch=(1, 2, 2)), seed=3, vae=vae)
+
+
+def test_latent_backbone_encodes_every_frame_with_the_autoencoder(latent_pipe):
+    from magicid.autoencoder import encode_videos, decode_latents
+    v = _videos(2, 3, 16)
+    z = latent_pipe.encode_videos(v)
+    assert z.shape == (2, 4, 3, 8, 8) == latent_pipe.latent_shape(2, 3, 16, 16)   # one latent frame per frame, ×2 smaller
+    torch.testing.assert_close(z, encode_videos(latent_pipe.vae, v))               # the autoencoder module's own encoding
+    np.testing.assert_array_equal(latent_pipe.decode(z), decode_latents(latent_pipe.vae, z))
+    assert B.vae_factors(latent_pipe.vae) == (1, 2)
+    assert torch.isfinite(latent_pipe.training_loss(v, [PROMPT, '']))
+
+
+def test_latent_backbone_save_load_round_trip(latent_pipe, tmp_path):
+    q = B.load_backbone(B.save_backbone(latent_pipe, tmp_path/'bb'))
+    assert type(q.vae).__name__ == 'AutoencoderKL' and q.config.latent and q.default_size == 16 and q.strict_tokens
+    kw = dict(num_frames=3, steps=2, seed=4, progress=False)
+    np.testing.assert_array_equal(q([PROMPT], **kw), latent_pipe([PROMPT], **kw))
+
+
+def test_latent_config_and_vae_must_agree(latent_pipe):
+    with pytest.raises(ValueError, match='latent=True needs an image autoencoder'):
+        B.build_tiny(B.BackboneConfig.small(latent=True, size=16, patch=(1, 2, 2)))
+    with pytest.raises(ValueError, match='needs no vae'):
+        B.build_tiny(B.BackboneConfig.small(), vae=latent_pipe.vae)
+    with pytest.raises(ValueError, match="must be divisible by the autoencoder's factor 2"):
+        B.build_tiny(B.BackboneConfig.small(latent=True, size=14, patch=(1, 2, 2)), vae=latent_pipe.vae)
+
+
+def test_unknown_vae_class_is_named(latent_pipe, tmp_path):
+    d = B.save_backbone(latent_pipe, tmp_path/'bb')
+    cfg = json.loads((d/'vae'/'config.json').read_text()); cfg['_class_name'] = 'AutoencoderTiny'
+    (d/'vae'/'config.json').write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="class 'AutoencoderTiny' is not supported"):
+        B.load_backbone(d)
+
+
+# ---------------------------------------------------------------- SDEdit: sampling from a noised video
+
+@pytest.mark.parametrize('prediction', ['flow', 'eps'])
+def test_init_videos_are_kept_at_low_strength(small_pipe, prediction):
+    p = small_pipe(seed=2, prediction=prediction)
+    v = np.stack([np.asarray(_videos(1, 8, 32, seed=9)[0])])
+    kw = dict(steps=10, seed=3, progress=False)
+    low, high = p([PROMPT], init=v, strength=0.1, **kw), p([PROMPT], init=v, strength=0.9, **kw)
+    err = lambda x: np.abs(x.astype(int) - v).mean()
+    assert err(low) < err(high)                                        # less noise added: closer to the init video
+    np.testing.assert_array_equal(low, p([PROMPT], init=v, strength=0.1, **kw))   # seeded
+
+
+def test_init_at_full_strength_is_plain_sampling(small_pipe):
+    p = small_pipe(seed=2)                                             # flow: x_1 = ε whatever the init video
+    kw = dict(steps=4, seed=3, progress=False)
+    np.testing.assert_array_equal(p([PROMPT], init=_videos(1, 8, 32), strength=1.0, **kw), p([PROMPT], **kw))
+
+
+@pytest.mark.parametrize('kw,msg', [(dict(init=_videos(1, 4, 32)), r'init: expected uint8 videos \(1, 8, 32, 32, 3\)'),
+                                    (dict(init=_videos(1, 8, 32), strength=0.0), 'strength=0.0 must be in'),
+                                    (dict(init=_videos(1, 8, 32), strength=1.5), 'strength=1.5 must be in')])
+def test_bad_init_is_named(small_pipe, kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        small_pipe()([PROMPT], steps=2, progress=False, **kw)
+
+
 # ---------------------------------------------------------------- the shipped tiny backbone
 
 def test_shipped_backbone_verifies_and_samples():
@@ -441,4 +514,4 @@ def test_shipped_backbone_verifies_and_samples():
     p = B.load_backbone(ship)
     assert p.config == B.BackboneConfig(**json.loads((ship/'magicid_backbone.json').read_text())['config'])
     v = p([PROMPT, 'a person waves'], num_frames=8, steps=5, progress=False)
-    assert v.shape == (2, 8, 32, 32, 3) and v.dtype == np.uint8 and v.std() > 0
+    assert v.shape == (2, 8, p.default_size, p.default_size, 3) and v.dtype == np.uint8 and v.std() > 0
