@@ -1,7 +1,7 @@
 """Speed of the tiny text-to-video backbone on this CPU: pretraining and LoRA train steps, sampling.
 
 Prints JSON lines as it goes: one line per section as soon as it is measured (`{"bench": "backbone", "section": ...}`:
-setup, sample, pretrain, pretrain_compiled, lora), flushed, then a summary line (`"section": "summary"`) with every
+setup, sample, autoencoder (a latent backbone), pretrain, pretrain_compiled, lora), flushed, then a summary line (`"section": "summary"`) with every
 section in one object. An interrupted run keeps the lines already printed, and an interrupt (Ctrl-C, SIGTERM) prints
 the summary of what was measured so far (`"partial": true`).
 
@@ -84,7 +84,7 @@ def main():
     cfg = getattr(pipe, 'config', None) or B.BackboneConfig()
     n_data = max(a.batches + [a.lora_batch, a.videos])
     videos, _, captions = render_dataset(n_data, seed=0, frames=cfg.frames, size=cfg.size, progress=False)
-    out = dict(bench='backbone', source=source, frames=cfg.frames, size=cfg.size,
+    out = dict(bench='backbone', source=source, frames=cfg.frames, size=cfg.size, space='latents' if pipe.vae is not None else 'pixels',
                transformer_params_M=round(sum(p.numel() for p in pipe.transformer.parameters())/1e6, 3),
                text_encoder_params_M=round(sum(p.numel() for p in pipe.text_encoder.parameters())/1e6, 3),
                load_s=round(load_s, 3), torch_threads=torch.get_num_threads(), cpu_count=os.cpu_count(),
@@ -120,6 +120,14 @@ def measure(a, pipe, cfg, videos, captions, out: dict):
         assert v.shape == (a.videos, f, cfg.size, cfg.size, 3)
     emit('sample', {'sample': out['sample']})
 
+    pixels = videos
+    if pipe.vae is not None:                              # the autoencoder: videos → latents → videos, per 8-frame video
+        t0 = time.perf_counter(); z = pipe.encode_videos(videos[:a.videos]); enc = time.perf_counter() - t0
+        t0 = time.perf_counter(); pipe.decode(z); dec = time.perf_counter() - t0
+        out['autoencoder'] = dict(encode_s_per_video=round(enc/a.videos, 4), decode_s_per_video=round(dec/a.videos, 4))
+        emit('autoencoder', {'autoencoder': out['autoencoder']})
+        videos = pipe.encode_videos(videos)               # `pretrain` trains on latents encoded once (10_backbone)
+
     # pretraining steps: transformer + text encoder, as `pretrain`
     params = [p for m in (pipe.transformer, pipe.text_encoder) for p in m.parameters()]
     for p in params: p.requires_grad_(True)
@@ -132,7 +140,8 @@ def measure(a, pipe, cfg, videos, captions, out: dict):
             out['pretrain_step_compiled_s'] = {f'batch{b}': step_time(pipe, params, videos, captions, b, a.steps, a.warmup) for b in a.batches}
         emit('pretrain_compiled', {'pretrain_step_compiled_s': out['pretrain_step_compiled_s']})
 
-    # LoRA steps: only the adapter trains (customization)
+    # LoRA steps: only the adapter trains (customization; with an autoencoder the references are encoded every step)
+    if pipe.vae is not None: videos = pixels
     lora = add_lora(pipe, rank=a.lora_rank)
     out['lora'] = dict(rank=a.lora_rank, params_M=round(sum(p.numel() for p in lora)/1e6, 4))
     out['lora']['step_s'] = {f'batch{a.lora_batch}': step_time(pipe, lora, videos, captions, a.lora_batch, a.steps, a.warmup)}
