@@ -105,7 +105,7 @@ def save_video(video: np.ndarray, path, fps: int = 8) -> Path:
             iio.imwrite(tmp, video, extension=path.suffix.lower(), **kw)
     return path
 
-# %% ../nbs/07_media.ipynb #6d1aa103
+# %% ../nbs/07_media.ipynb #bb182bf1
 def fit_images(images: np.ndarray, size: int) -> np.ndarray:
     "uint8 images (K, H, W, 3) → (K, size, size, 3): the centred square crop of each, resized (bicubic); unchanged if already that size."
     from PIL import Image
