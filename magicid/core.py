@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 # %% auto #0
-__all__ = ['SCALES', 'check_choice', 'check_number', 'repo_root', 'params_dir', 'reports_root', 'reports_dir', 'atomic_path',
-           'atomic_write', 'save_figure', 'save_table', 'seed_everything', 'ScaleConfig', 'load_scale', 'load_chain',
-           'sha256_file', 'write_weights_readme', 'verify_weights']
+__all__ = ['SCALES', 'REAL_SCALES', 'REAL_INPUTS', 'check_choice', 'check_number', 'repo_root', 'params_dir', 'reports_root',
+           'reports_dir', 'atomic_path', 'atomic_write', 'save_figure', 'save_table', 'seed_everything', 'ScaleConfig',
+           'load_scale', 'load_chain', 'sha256_file', 'write_weights_readme', 'verify_weights']
 
 # %% ../nbs/00_core.ipynb #2dabcecf
 SCALES = ('smoke', 'tiny', 'h100', 'paper')  # the scale ladder, smallest first
@@ -120,6 +120,10 @@ def seed_everything(seed: int) -> int:
     return seed
 
 # %% ../nbs/00_core.ipynb #927e30c0
+REAL_SCALES = ('h100', 'paper')   # the rungs that load real models and data from local folders
+REAL_INPUTS = ('weights_dir', 'reward_id_pack', 'eval_id_pack', 'clip_dir', 'vlm_dir', 'i3d_path', 'raft_weights',
+               'identities_dir', 'eval_prompts', 'real_videos_dir')   # the settings that name them (ScaleConfig)
+
 @dataclass
 class ScaleConfig:
     "Run-wide settings of one rung of the scale ladder (paper values: Sec 4.1, Supp A)."
@@ -129,7 +133,17 @@ class ScaleConfig:
     dtype: str = 'float32'           # 'float32' or 'bfloat16'
     seed: int = 0
     backbone: str = 'tiny'           # 'tiny' (trained here), 'wan2.1-t2v-1.3b' or 'hunyuanvideo' (local weights)
-    weights_dir: str | None = None   # root folder of local real weights (h100/paper)
+    # real inputs (h100/paper; REAL_INPUTS): each a path or None, checked by magicid.run.preflight
+    weights_dir: str | None = None      # the backbone: a diffusers pipeline folder (transformer/, vae/, text_encoder/, tokenizer/, scheduler/)
+    reward_id_pack: str | None = None   # insightface pack folder (det_*.onnx detector + recognition .onnx): R_id and the face check of reference photos
+    eval_id_pack: str | None = None     # a different insightface pack, same layout: the evaluation's Face Sim only
+    clip_dir: str | None = None         # CLIP folder in transformers format (config.json, weights, tokenizer): CLIP-T, CLIP-I
+    vlm_dir: str | None = None          # Qwen2-VL folder in transformers format (config.json, weights, tokenizer, chat template): R_sem
+    i3d_path: str | None = None         # I3D TorchScript file (StyleGAN-V's i3d_torchscript.pt): FVD
+    raft_weights: str | None = None     # RAFT weights file (torchvision raft_large state dict); optional: DIS flow is used without it
+    identities_dir: str | None = None   # folder with one sub-folder of reference photos (png/jpg) per person
+    eval_prompts: str | None = None     # prompt file, one a line with 'a person' (# lines skipped); None: data/prompts/eval_real.txt at h100/paper
+    real_videos_dir: str | None = None  # folder of real videos (mp4, gif, npy, ...) for FVD
     n_prompts: int = 20              # prompts of the preference repository (Supp A: 20)
     n_videos_lora: int = 100         # |V_t|: videos of the initial LoRA model (Supp A: 100)
     n_videos_orig: int = 20          # |V_s|: videos of the original model (Supp A: 20)
@@ -143,7 +157,10 @@ class ScaleConfig:
     num_frames: int = 61             # frames per generated video (Supp A: 61)
     notebooks: dict = field(default_factory=dict)  # papermill parameters per notebook of the chain
 
-    def __post_init__(self): self.validate()
+    def __post_init__(self):
+        self.validate()
+        if self.eval_prompts is None and self.name in REAL_SCALES:    # the paper's 40 are not published: ours (data/prompts/)
+            self.eval_prompts = str(repo_root()/'data'/'prompts'/'eval_real.txt')
 
     def validate(self):
         "Check every field's type and range; errors name the field, the value and what is valid."
@@ -159,6 +176,10 @@ class ScaleConfig:
                 raise TypeError(f"{self.name}: {f.name}={v!r} must be {'an int' if t == 'int' else 'a number'}")
             if t in ('int', 'float') and f.name != 'seed' and v <= 0:
                 raise ValueError(f"{self.name}: {f.name}={v!r} must be > 0")
+            if t == 'str' and not isinstance(v, str):
+                raise TypeError(f"{self.name}: {f.name}={v!r} must be {'a path (a string)' if f.name in REAL_INPUTS else 'a string'}")
+            if f.name in REAL_INPUTS and not v.strip():
+                raise ValueError(f"{self.name}: {f.name}={v!r} must be a path, or null when unset")
         if not isinstance(self.notebooks, dict):
             raise TypeError(f"{self.name}: notebooks must be a mapping notebook -> {{parameter: value}}")
         return self

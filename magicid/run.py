@@ -12,8 +12,9 @@ import yaml
 from . import core
 
 # %% auto #0
-__all__ = ['notebook_parameters', 'check_value', 'parse_value', 'Step', 'effective_scale', 'plan', 'ChainError', 'run_chain',
-           'main']
+__all__ = ['NOTEBOOK_INPUTS', 'INPUT_LAYOUTS', 'OPTIONAL_INPUTS', 'notebook_parameters', 'check_value', 'parse_value', 'Step',
+           'effective_scale', 'plan', 'input_layout', 'check_input', 'needed_inputs', 'preflight', 'PreflightError',
+           'ChainError', 'run_chain', 'main']
 
 # %% ../nbs/90_run.ipynb #74a8765f
 def notebook_parameters(path: str | os.PathLike) -> dict[str, Any]:
@@ -71,7 +72,25 @@ def effective_scale(scale: str, settings: Sequence[str] = (), params: str | os.P
         k, v = _split_assignment(s, '--set')
         core.check_choice('--set setting', k, valid)
         changes[k] = v
-    return dataclasses.replace(cfg, **changes)  # __post_init__ validates again
+    cfg = dataclasses.replace(cfg, **changes)  # __post_init__ validates again
+    for k in core.REAL_INPUTS:                 # relative paths are the caller's (the notebooks run in nbs/): made absolute
+        v = getattr(cfg, k)
+        if isinstance(v, str): setattr(cfg, k, os.path.abspath(os.path.expanduser(v)))
+    return cfg
+
+# The notebook parameters that are real inputs, and the setting of the scale each one gets. A notebook of the chain that
+# declares one of these parameters gets the setting's value (when it is set), so a folder is named once, under
+# `settings:` of the scale file or with --set; a scale file or -p that names such a parameter is refused. Which
+# insightface pack each notebook measures:
+# - 02b_facedetect's `pack_dir` is the reward pack: its SCRFD detector is what checks the reference photos (and its
+#   recognizer gives R_id), so that is the detector whose recall on faces and false alarms on non-faces must be shown;
+# - 03_identity's `insightface_pack` is the evaluation pack: its real-photo check vouches for the encoder behind the
+#   Face Sim of the tables, the number a reader trusts; the reward pack is loaded whole by 02b and by customize.
+# The settings' own names map to themselves, so a notebook may declare `identities_dir`, `eval_prompts`, ... and get
+# them. `weights_dir` is not mapped: notebooks 02b, 06 and 10c use a parameter of that name for their own tiny
+# weights; the backbone's folder reaches the notebooks through core.load_scale (backbone.load_scale_backbone).
+NOTEBOOK_INPUTS = {'pack_dir': 'reward_id_pack', 'insightface_pack': 'eval_id_pack',
+                   **{s: s for s in core.REAL_INPUTS if s != 'weights_dir'}}
 
 def plan(scale: str, settings: Sequence[str] = (), overrides: Sequence[str] = (), only: Sequence[str] | None = None,
          nbs: str | os.PathLike | None = None, params: str | os.PathLike | None = None) -> tuple[core.ScaleConfig, list[Step]]:
@@ -87,7 +106,12 @@ def plan(scale: str, settings: Sequence[str] = (), overrides: Sequence[str] = ()
     for nb, d in declared.items():
         missing = {'scale', 'reports_dir'} - set(d)
         if missing: raise ValueError(f"{nb}.ipynb: its parameters cell must declare {sorted(missing)} (the runner sets them)")
+    inputs = {nb: {q: NOTEBOOK_INPUTS[q] for q in declared[nb] if q in NOTEBOOK_INPUTS} for nb in chain}
     values = {nb: dict(cfg.notebooks.get(nb) or {}) for nb in chain}
+    for nb in chain:
+        for q in set(values[nb]) & set(inputs[nb]):
+            raise ValueError(f"{scale}.yaml: {nb}.{q} is a real input, named once as the setting {inputs[nb][q]}: "
+                             f"set {inputs[nb][q]} under settings: (or --set {inputs[nb][q]}=PATH), not the notebook's parameter")
     for o in overrides:
         k, v = _split_assignment(o, '-p')
         nb, _, name = k.rpartition('.')
@@ -99,7 +123,13 @@ def plan(scale: str, settings: Sequence[str] = (), overrides: Sequence[str] = ()
             if not targets:
                 valid = sorted({q for d in declared.values() for q in d} - {'scale', 'reports_dir'})
                 raise ValueError(f"-p {name}: no notebook of the chain has a parameter {name!r}; valid: {', '.join(valid)}")
-        for n in targets: values[n][name] = v
+        for n in targets:
+            if name in inputs[n]:
+                raise ValueError(f"-p {k}: {n}'s {name} is the setting {inputs[n][name]}; use --set {inputs[n][name]}=PATH")
+            values[n][name] = v
+    for nb in chain:
+        for q, s in inputs[nb].items():
+            if getattr(cfg, s) is not None: values[nb][q] = getattr(cfg, s)
     steps = []
     for nb in chain:
         if only and nb not in only: continue
@@ -111,6 +141,161 @@ def plan(scale: str, settings: Sequence[str] = (), overrides: Sequence[str] = ()
             check_value(nb, name, v, declared[nb][name])
         steps.append(Step(nb, nbs/f'{nb}.ipynb', values[nb]))
     return cfg, steps
+
+# %% ../nbs/90_run.ipynb #0f4d762b
+_PACK = ("an insightface pack: a folder with a detector det_*.onnx (or scrfd_*.onnx) and a recognition .onnx "
+         "(buffalo_l: det_10g.onnx, w600k_r50.onnx)")
+_PACK_AUX = ('1k3d68', '2d106det', 'genderage')    # landmark and attribute models of buffalo_l / antelopev2, not recognizers
+_BACKBONES = {   # backbone setting: (the transformer class, the sub-folders of its diffusers folder, the model to copy)
+    'wan2.1-t2v-1.3b': ('WanTransformer3DModel', ('transformer', 'vae', 'text_encoder', 'tokenizer', 'scheduler'),
+                        'Wan-AI/Wan2.1-T2V-1.3B-Diffusers'),
+    'hunyuanvideo': ('HunyuanVideoTransformer3DModel', ('transformer', 'vae', 'text_encoder', 'text_encoder_2', 'tokenizer',
+                                                        'tokenizer_2', 'scheduler'), 'hunyuanvideo-community/HunyuanVideo')}
+_VIDEOS = ('.mp4', '.gif', '.webm', '.avi', '.mov', '.mkv', '.npy')         # = media.VIDEO_SUFFIXES (tested)
+_IMAGES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff')       # = media.IMAGE_SUFFIXES
+INPUT_LAYOUTS = {
+    'reward_id_pack': _PACK + "; it gives R_id and checks the reference photos",
+    'eval_id_pack': _PACK + "; a different pack from reward_id_pack, for the evaluation's Face Sim only",
+    'clip_dir': "a CLIP folder in transformers format: config.json (model_type clip), weights (*.safetensors or "
+                "pytorch_model.bin), a tokenizer (tokenizer.json or vocab.json)",
+    'vlm_dir': "a Qwen2-VL folder in transformers format: config.json (model_type qwen2_vl or qwen2_5_vl), weights "
+               "(*.safetensors), a tokenizer (tokenizer.json or vocab.json), a chat template (tokenizer_config.json, "
+               "chat_template.jinja or chat_template.json)",
+    'i3d_path': "a TorchScript file: StyleGAN-V's i3d_torchscript.pt",
+    'raft_weights': "a torchvision RAFT state dict file (.pth, .pt or .safetensors); optional: without it dynamic degree "
+                    "uses DIS flow",
+    'identities_dir': f"a folder with one sub-folder per person holding >= 1 image ({', '.join(_IMAGES)}) and "
+                      "nothing else",
+    'eval_prompts': "a text file of prompts, one a line, each with the subject 'a person' (lines starting with # are "
+                    "skipped)",
+    'real_videos_dir': f"a folder of real videos ({', '.join(_VIDEOS)}; sub-folders searched) for FVD",
+}
+OPTIONAL_INPUTS = ('raft_weights', 'eval_prompts')   # DIS flow without RAFT; the shipped prompts (core.ScaleConfig)
+
+def input_layout(name: str, cfg: core.ScaleConfig) -> str:
+    "What the setting `name` of `cfg` must name: a folder or a file, and its layout."
+    if name != 'weights_dir': return INPUT_LAYOUTS[name]
+    cls, parts, repo = _BACKBONES[cfg.backbone]
+    return (f"the {cfg.backbone} backbone in diffusers format (a copy of {repo}): a folder with transformer/ (its "
+            f"config.json naming {cls}), " + ', '.join(p + '/' for p in parts[1:]))
+
+def _folder(p: Path):
+    if not p.exists(): return 'no such folder'
+    if not p.is_dir(): return 'a file, not a folder'
+
+def _file(p: Path):
+    if not p.exists(): return 'no such file'
+    if not p.is_file(): return 'a folder, not a file'
+    if p.stat().st_size == 0: return 'an empty file'
+
+def _json(p: Path):
+    "The dict in the JSON file `p`, or the reason it is not one (a str)."
+    try: d = json.loads(p.read_text(encoding='utf-8'))
+    except (OSError, UnicodeDecodeError, ValueError): return f'{p.name} is not valid JSON'
+    return d if isinstance(d, dict) else f'{p.name} is not a JSON object'
+
+def _check_backbone(p: Path, cfg):
+    cls, parts, _ = _BACKBONES[cfg.backbone]
+    missing = [q + '/' for q in parts if not (p/q).is_dir()]
+    if missing: return f"no {', '.join(missing)}"
+    if not (p/'transformer'/'config.json').is_file(): return 'no transformer/config.json'
+    c = _json(p/'transformer'/'config.json')
+    if isinstance(c, str): return 'transformer/' + c
+    if c.get('_class_name') != cls: return f"transformer/config.json names {c.get('_class_name')!r}, not {cls}"
+
+def _pack_files(p: Path):
+    "(detector names, recognizer names) of an insightface pack folder, by file name."
+    onnx = sorted(f.name for f in p.glob('*.onnx') if f.is_file())
+    det = [n for n in onnx if n.lower().startswith(('det', 'scrfd'))]
+    return det, [n for n in onnx if n not in det and Path(n).stem not in _PACK_AUX]
+
+def _check_pack(p: Path, cfg):
+    onnx = sorted(f.name for f in p.glob('*.onnx'))
+    if not onnx: return 'no .onnx files in the folder'
+    det, rec = _pack_files(p)
+    if not det: return f"no detector det_*.onnx or scrfd_*.onnx (found {', '.join(onnx)})"
+    if not rec: return f"no recognition .onnx (found {', '.join(onnx)})"
+
+def _check_eval_pack(p: Path, cfg):
+    if (why := _check_pack(p, cfg)) or cfg.reward_id_pack is None or _folder(Path(cfg.reward_id_pack)): return why
+    r = Path(cfg.reward_id_pack)
+    if p.resolve() == r.resolve(): return 'the same folder as reward_id_pack; the evaluation needs a different encoder'
+    for a in _pack_files(p)[1]:
+        for b in _pack_files(r)[1]:
+            fa, fb = p/a, r/b
+            if fa.stat().st_size == fb.stat().st_size and core.sha256_file(fa) == core.sha256_file(fb):
+                return f"its recognizer {a} is the same file as reward_id_pack's {b}; the evaluation needs a different encoder"
+
+def _check_transformers(p: Path, model_types, chat_template=False):
+    if not (p/'config.json').is_file(): return 'no config.json'
+    c = _json(p/'config.json')
+    if isinstance(c, str): return c
+    if c.get('model_type') not in model_types:
+        return f"config.json has model_type {c.get('model_type')!r}, not {' or '.join(model_types)}"
+    if not (any(p.glob('*.safetensors')) or any(p.glob('pytorch_model*.bin'))): return 'no weights (*.safetensors or pytorch_model*.bin)'
+    if not any((p/n).is_file() for n in ('tokenizer.json', 'vocab.json')): return 'no tokenizer (tokenizer.json or vocab.json)'
+    if chat_template and not ((p/'chat_template.jinja').is_file() or (p/'chat_template.json').is_file()
+                              or 'chat_template' in (_json(p/'tokenizer_config.json') if (p/'tokenizer_config.json').is_file() else '')):
+        return 'no chat template (in tokenizer_config.json, chat_template.jinja or chat_template.json)'
+
+def _check_identities(p: Path, cfg):
+    people = sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith('.'))
+    if not people: return 'no sub-folders (one per person)'
+    bad = []
+    for d in people:
+        files = [f for f in d.iterdir() if f.is_file() and not f.name.startswith('.')]
+        other = [f.name for f in files if f.suffix.lower() not in _IMAGES]
+        if len(other) == len(files): bad.append(f"{d.name}/ holds no image")
+        elif other: bad.append(f"{d.name}/ holds files that are not images ({', '.join(other[:3])})")
+    if bad: return f"{len(bad)} of {len(people)} person folders: " + '; '.join(bad[:5]) + ('; …' if len(bad) > 5 else '')
+
+def _check_prompts(p: Path, cfg):
+    try: lines = p.read_text(encoding='utf-8').splitlines()
+    except UnicodeDecodeError: return 'not a UTF-8 text file'
+    prompts = [(i, l.strip()) for i, l in enumerate(lines, 1) if l.strip() and not l.strip().startswith('#')]
+    if not prompts: return 'no prompts in the file'
+    bad = [i for i, l in prompts if 'a person' not in l.lower()]
+    if bad: return f"line{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad[:5]))}{' …' if len(bad) > 5 else ''} without the subject 'a person'"
+
+def _check_videos(p: Path, cfg):
+    if next((f for f in p.rglob('*') if f.suffix.lower() in _VIDEOS and f.is_file()), None) is None:
+        return 'no video files in it'
+
+_CHECKS = {   # setting: (folder or file, the check of its contents)
+    'weights_dir': (_folder, _check_backbone), 'reward_id_pack': (_folder, _check_pack), 'eval_id_pack': (_folder, _check_eval_pack),
+    'clip_dir': (_folder, lambda p, c: _check_transformers(p, ('clip',))),
+    'vlm_dir': (_folder, lambda p, c: _check_transformers(p, ('qwen2_vl', 'qwen2_5_vl'), chat_template=True)),
+    'i3d_path': (_file, None),
+    'raft_weights': (_file, lambda p, c: None if p.suffix.lower() in ('.pth', '.pt', '.safetensors') else f'suffix {p.suffix!r}'),
+    'identities_dir': (_folder, _check_identities), 'eval_prompts': (_file, _check_prompts), 'real_videos_dir': (_folder, _check_videos)}
+
+def check_input(name: str, cfg: core.ScaleConfig) -> str | None:
+    "The problem with the real input `name` of `cfg` (one line: the setting, its path or 'not set', what it expected), or None."
+    v = getattr(cfg, name)
+    if v is None:
+        return None if name in OPTIONAL_INPUTS else f"{name}: not set; expected {input_layout(name, cfg)}"
+    kind, inside = _CHECKS[name]
+    why = kind(Path(v)) or (inside(Path(v), cfg) if inside else None)
+    return f"{name}: {v}: {why}; expected {input_layout(name, cfg)}" if why else None
+
+def needed_inputs(cfg: core.ScaleConfig) -> list[str]:
+    "The real inputs that `cfg` reads: none at smoke/tiny; at h100/paper all, but the backbone's folder with a tiny backbone."
+    if cfg.name not in core.REAL_SCALES: return []
+    return [k for k in core.REAL_INPUTS if not (k == 'weights_dir' and cfg.backbone == 'tiny')]
+
+def preflight(cfg: core.ScaleConfig) -> list[str]:
+    "Every problem with the real inputs of `cfg`, one line each (empty: all present in the expected layout). Loads no model."
+    return [p for k in needed_inputs(cfg) if (p := check_input(k, cfg))]
+
+class PreflightError(ValueError):
+    "Real inputs of a scale are missing or in the wrong layout: all of them, in one message."
+    def __init__(self, scale: str, problems: Sequence[str]):
+        self.scale, self.problems = scale, list(problems)
+        n = len(self.problems)
+        super().__init__(f"preflight of scale {scale}: {n} real input{'s are' if n > 1 else ' is'} missing or wrong; "
+                         f"nothing was run or written:\n" + '\n'.join('  ' + p for p in self.problems) +
+                         f"\nName each once, under settings: of nbs/params/{scale}.yaml or with --set NAME=PATH; "
+                         f"`magicid-run --scale {scale} --preflight` checks again without running anything.")
 
 # %% ../nbs/90_run.ipynb #696257e6
 class ChainError(RuntimeError):
@@ -142,10 +327,12 @@ def _promote(stage: Path, dest: Path) -> list[Path]:
 def run_chain(scale: str = 'tiny', settings: Sequence[str] = (), overrides: Sequence[str] = (), only: Sequence[str] | None = None,
               nbs: str | os.PathLike | None = None, params: str | os.PathLike | None = None,
               kernel_name: str = 'python3', progress: bool = True, log=print) -> list[dict]:
-    "Run the chain for `scale`; return one record per notebook (name, seconds, files written). Raises `ChainError`."
+    "Run the chain for `scale`; return one record per notebook (name, seconds, files written). Raises `PreflightError` (nothing written), `ChainError`."
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
     cfg, steps = plan(scale, settings, overrides, only, nbs, params)
+    problems = preflight(cfg)                       # h100/paper: every real input there, before anything is written
+    if problems: raise PreflightError(scale, problems)
     root = core.reports_root()
     dest, runs = root/scale, root/'runs'/scale
     runs.mkdir(parents=True, exist_ok=True)
@@ -193,12 +380,14 @@ def _parser() -> argparse.ArgumentParser:
                    help='override a notebook parameter, for every notebook that has it or for one')
     p.add_argument('--only', action='append', default=None, metavar='NOTEBOOK', help='run only these notebooks of the chain')
     p.add_argument('--list', action='store_true', help='show the chain and its parameters for the scale, run nothing')
+    p.add_argument('--preflight', action='store_true',
+                   help='check the real inputs of the scale (h100, paper) and print what was found, run nothing; exit 2 if one is missing')
     p.add_argument('--kernel', default='python3', help='Jupyter kernel name (default: python3)')
     p.add_argument('--no-progress', action='store_true', help='no progress bars')
     return p
 
 def main(argv: Sequence[str] | None = None) -> int:
-    "Console entry point `magicid-run`: exit 0 on success, 1 when a notebook fails, 2 on a bad scale, setting or parameter."
+    "Console entry point `magicid-run`: exit 0 on success, 1 when a notebook fails, 2 on a bad scale, setting or parameter or a missing real input."
     a = _parser().parse_args(argv)
     try:
         if a.list:
@@ -208,6 +397,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 declared = notebook_parameters(s.path)
                 print(f"  {s.notebook}: " + ', '.join(f"{k}={s.parameters.get(k, v)!r}" for k, v in declared.items()
                                                      if k not in ('scale', 'reports_dir')))
+            return 0
+        if a.preflight:
+            cfg, _ = plan(a.scale, a.settings, a.overrides, a.only)
+            needed = needed_inputs(cfg)
+            if not needed:
+                print(f"scale {cfg.name}: no real inputs to check (its models and data are in data/)"); return 0
+            problems = preflight(cfg)
+            if problems: raise PreflightError(cfg.name, problems)
+            print(f"preflight of scale {cfg.name}: every real input is there")
+            for k in needed:
+                v = getattr(cfg, k)
+                print(f"  {k}: {v}" if v is not None else f"  {k}: not set ({INPUT_LAYOUTS[k].split('; ')[-1]})")
             return 0
         records = run_chain(a.scale, a.settings, a.overrides, a.only, kernel_name=a.kernel, progress=not a.no_progress)
     except ChainError as e:
