@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from . import world
 from .core import repo_root, atomic_write, write_weights_readme, verify_weights
 from .checkpoint import load_checkpoint, save_checkpoint, save_due, data_fingerprint
+from .latents import tensor_to_videos, vae_decode, vae_encode, videos_to_tensor
 from .identity import IDEncoder, identity_similarity, load_tiny_id_encoder
 from .metrics import bootstrap_ci
 
@@ -202,9 +203,7 @@ def _check_videos(videos) -> np.ndarray:
 def encode_videos(vae: AutoencoderKL, videos: np.ndarray, normalize: bool = True, batch: int = 256) -> torch.Tensor:
     """uint8 videos (N, F, H, W, 3) → latents (N, C, F, h, w), the Wan transformer's layout; every frame on its own
     (an image autoencoder), the posterior mean; with `normalize`, (z − latents_mean)/latents_std per channel."""
-    v = _check_videos(videos); n, f = v.shape[:2]
-    z = _encode_frames(vae, v.reshape(n*f, *v.shape[2:]), batch)
-    z = z.view(n, f, *z.shape[1:]).permute(0, 2, 1, 3, 4).contiguous()
+    with torch.no_grad(): z = vae_encode(vae, videos_to_tensor(_check_videos(videos)), batch)   # (latents: every frame on its own)
     if normalize: mean, std = _stats_view(vae, z); z = (z - mean)/std
     return z
 
@@ -215,10 +214,7 @@ def decode_latents(vae: AutoencoderKL, latents: torch.Tensor, normalized: bool =
     if z.ndim != 5 or z.shape[1] != vae.config.latent_channels:
         raise ValueError(f"latents: expected (N, {vae.config.latent_channels}, F, h, w), got {tuple(z.shape)}")
     if normalized: mean, std = _stats_view(vae, z); z = z*std + mean
-    n, c, f, h, w = z.shape
-    z = z.permute(0, 2, 1, 3, 4).reshape(n*f, c, h, w)
-    x = np.concatenate([to_uint8(vae.decode(z[i:i + batch]).sample) for i in range(0, len(z), batch)])
-    return x.reshape(n, f, *x.shape[1:])
+    return tensor_to_videos(vae_decode(vae, z, batch))
 
 def reconstruct(vae: AutoencoderKL, videos: np.ndarray, batch: int = 256) -> np.ndarray:
     "uint8 videos through the autoencoder and back (posterior means)."

@@ -11,17 +11,17 @@ from typing import Sequence
 import numpy as np
 import torch
 import diffusers
-from diffusers import AutoencoderKL, AutoencoderKLWan, DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
 from tokenizers import Tokenizer, Regex, models, normalizers, pre_tokenizers
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 from . import core, world
 from .core import check_choice
+from .latents import VAE_CLASSES, tensor_to_videos, vae_decode, vae_encode, vae_factors, videos_to_tensor
 
 # %% auto #0
-__all__ = ['RARE_TOKENS', 'VAE_CLASSES', 'BackboneConfig', 'world_vocabulary', 'build_tokenizer', 'tokenize', 'videos_to_tensor',
-           'tensor_to_videos', 'vae_factors', 'vae_encode', 'vae_decode', 'T2VPipeline', 'make_scheduler', 'build_tiny',
-           'save_backbone', 'load_backbone', 'load_scale_backbone']
+__all__ = ['RARE_TOKENS', 'BackboneConfig', 'world_vocabulary', 'build_tokenizer', 'tokenize', 'T2VPipeline', 'make_scheduler',
+           'build_tiny', 'save_backbone', 'load_backbone', 'load_scale_backbone']
 
 # %% ../nbs/10_backbone.ipynb #21ec879a
 def _check_objective(prediction: str, output: str):
@@ -102,39 +102,6 @@ def tokenize(tokenizer, prompts: Sequence[str], max_len: int, strict: bool = Tru
     return enc
 
 # %% ../nbs/10_backbone.ipynb #842cf5e4
-def videos_to_tensor(videos: np.ndarray) -> torch.Tensor:
-    "uint8 (N, F, H, W, 3) → float (N, 3, F, H, W) in [−1, 1]."
-    v = np.asarray(videos)
-    if v.dtype != np.uint8 or v.ndim != 5 or v.shape[-1] != 3: raise ValueError(f"videos: expected uint8 (N, F, H, W, 3), got {v.dtype} {v.shape}")
-    return torch.from_numpy(v).permute(0, 4, 1, 2, 3).float().div(127.5).sub(1)
-
-def tensor_to_videos(x: torch.Tensor) -> np.ndarray:
-    "float (N, 3, F, H, W) in [−1, 1] → uint8 (N, F, H, W, 3)."
-    return x.detach().float().clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 4, 1).cpu().numpy()
-
-def vae_factors(vae) -> tuple[int, int]:
-    "(temporal, spatial) downsampling of a VAE: a video VAE's (Wan: 4, 8), or (1, 2^(blocks−1)) for an image `AutoencoderKL`."
-    c = vae.config
-    if isinstance(vae, AutoencoderKL): return 1, 2**(len(c.block_out_channels) - 1)
-    return getattr(c, 'scale_factor_temporal', 4), getattr(c, 'scale_factor_spatial', 8)
-
-def _frames_through(vae, x: torch.Tensor, fn, batch: int) -> torch.Tensor:
-    "An image VAE's `fn` on every frame of (N, C, F, H, W), as (N·F, C, H, W) in batches; back to (N, C', F, H', W')."
-    n, c, f, h, w = x.shape
-    y = x.transpose(1, 2).reshape(n*f, c, h, w)
-    y = torch.cat([fn(y[i:i + batch]) for i in range(0, len(y), batch)])
-    return y.view(n, f, *y.shape[1:]).transpose(1, 2).contiguous()
-
-def vae_encode(vae, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    "Pixels (N, 3, F, H, W) in [−1, 1] → the posterior means, not normalised; an image autoencoder encodes each frame on its own."
-    if isinstance(vae, AutoencoderKL): return _frames_through(vae, x, lambda y: vae.encode(y).latent_dist.mode(), batch)
-    return vae.encode(x).latent_dist.mode()
-
-def vae_decode(vae, z: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    "Latents (not normalised) → pixels (N, 3, F, H, W) in [−1, 1]; the inverse of `vae_encode`."
-    if isinstance(vae, AutoencoderKL): return _frames_through(vae, z, lambda y: vae.decode(y).sample, batch)
-    return vae.decode(z).sample
-
 def _check_interval(name: str, iv) -> tuple[float, float]:
     "Validate a noise-level interval (lo, hi) with 0 <= lo < hi <= 1."
     try: lo, hi = map(float, iv)
@@ -371,8 +338,6 @@ class T2VPipeline:
     default_frames, default_size = 8, 32
 
 # %% ../nbs/10_backbone.ipynb #42453d8b
-VAE_CLASSES = {'AutoencoderKLWan': AutoencoderKLWan, 'AutoencoderKL': AutoencoderKL}   # a backbone folder's vae/
-
 def make_scheduler(prediction: str, shift: float = 3.0):
     "The default sampler: Euler on the rectified flow, or DDIM for ε-prediction (Supp A samples with DDIM)."
     if prediction == 'flow': return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
