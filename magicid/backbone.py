@@ -35,6 +35,13 @@ def _check_noise_mix(noise_mix):
     if isinstance(noise_mix, bool) or not isinstance(noise_mix, (int, float)) or not noise_mix >= 0:
         raise ValueError(f"noise_mix={noise_mix!r} must be a number >= 0 (0: independent noise per frame; PYoCo uses 1)")
 
+def _check_interval(name: str, iv) -> tuple[float, float]:
+    "Validate a noise-level interval (lo, hi) with 0 <= lo < hi <= 1."
+    try: lo, hi = map(float, iv)
+    except (TypeError, ValueError): raise ValueError(f"{name}={iv!r} must be two numbers (lo, hi) with 0 <= lo < hi <= 1") from None
+    if not 0 <= lo < hi <= 1: raise ValueError(f"{name}={iv!r} must satisfy 0 <= lo < hi <= 1 (the default (0, 1) guides every step)")
+    return lo, hi
+
 @dataclass
 class BackboneConfig:
     "Shape of the tiny backbone and its training objective."
@@ -54,6 +61,7 @@ class BackboneConfig:
     t_logit_mean: float = 0.0        # flow training times t = sigmoid(m + n), n ~ N(0, 1); m > 0 favours noise
     noise_mix: float = 0.0           # α of the mixed noise prior (PYoCo): frames share α²/(1+α²) of the noise variance
     latent: bool = False             # True: the transformer models an image autoencoder's latents (10c_autoencoder), not pixels
+    guidance_interval: tuple = (0.0, 1.0)  # the sampler's default: CFG only at noise levels σ in [lo, hi] (saved with the weights)
 
     @classmethod
     def small(cls, **overrides) -> BackboneConfig:
@@ -68,6 +76,7 @@ class BackboneConfig:
         _check_noise_mix(self.noise_mix)
         if self.size % self.patch[1] or self.size % self.patch[2]: raise ValueError(f"size={self.size} must be divisible by the patch {self.patch}")
         if not isinstance(self.latent, bool): raise ValueError(f"BackboneConfig.latent={self.latent!r} must be True or False")
+        self.guidance_interval = _check_interval('BackboneConfig.guidance_interval', self.guidance_interval)
 
 # %% ../nbs/10_backbone.ipynb #b0a03288
 RARE_TOKENS = ['sks', 'zwx', 'qlv', 'vbn', 'xjt', 'pqy', 'kfd', 'wmr']
@@ -102,13 +111,6 @@ def tokenize(tokenizer, prompts: Sequence[str], max_len: int, strict: bool = Tru
     return enc
 
 # %% ../nbs/10_backbone.ipynb #842cf5e4
-def _check_interval(name: str, iv) -> tuple[float, float]:
-    "Validate a noise-level interval (lo, hi) with 0 <= lo < hi <= 1."
-    try: lo, hi = map(float, iv)
-    except (TypeError, ValueError): raise ValueError(f"{name}={iv!r} must be two numbers (lo, hi) with 0 <= lo < hi <= 1") from None
-    if not 0 <= lo < hi <= 1: raise ValueError(f"{name}={iv!r} must satisfy 0 <= lo < hi <= 1 (the default (0, 1) guides every step)")
-    return lo, hi
-
 class T2VPipeline:
     "Text-to-video diffusion: transformer + text encoder + tokenizer + scheduler (+ optional VAE)."
     def __init__(self, transformer, text_encoder, tokenizer, scheduler, vae=None, prediction: str = 'flow', max_text_len: int = 24,
@@ -119,6 +121,7 @@ class T2VPipeline:
         self.prediction, self.max_text_len, self.strict_tokens = prediction, max_text_len, strict_tokens
         self.output, self.t_logit_mean, self.noise_mix = output, t_logit_mean, float(noise_mix)
         self._text_cache, self.offload = {}, False
+        self.guidance_interval = (0.0, 1.0)                          # the sampler's default CFG interval (a backbone folder may set it)
         if vae is not None: vae.requires_grad_(False)               # the VAE is frozen: never trained, no graph through it
 
     @property
@@ -259,7 +262,7 @@ class T2VPipeline:
     @torch.no_grad()
     def __call__(self, prompts: Sequence[str], num_frames: int | None = None, steps: int = 25, cfg_scale: float = 4.5,
                  seed: int = 0, height: int | None = None, width: int | None = None, batch_size: int = 16,
-                 progress: bool = True, eta: float = 0.0, guidance_interval: Sequence[float] = (0.0, 1.0),
+                 progress: bool = True, eta: float = 0.0, guidance_interval: Sequence[float] | None = None,
                  init: np.ndarray | None = None, strength: float = 1.0) -> np.ndarray:
         """Generate one video per prompt: uint8 (N, F, H, W, 3). Seeds are per video (seed + index); `eta` > 0: stochastic flow sampler.
         `init` (uint8 videos, one per prompt): start from them noised to the noise level σ = `strength` (SDEdit), the schedule's
@@ -272,7 +275,7 @@ class T2VPipeline:
         if steps < 1: raise ValueError(f"steps={steps} must be >= 1")
         if not 0 <= eta <= 1: raise ValueError(f"eta={eta} must be in [0, 1] (0: the deterministic ODE sampler)")
         if eta and self.prediction != 'flow': raise ValueError("eta: the stochastic sampler is for flow prediction; DDIM has its own eta")
-        g_lo, g_hi = _check_interval('guidance_interval', guidance_interval)
+        g_lo, g_hi = _check_interval('guidance_interval', self.guidance_interval if guidance_interval is None else guidance_interval)
         H, W = height or self.default_size, width or self.default_size
         if not 0 < strength <= 1: raise ValueError(f"strength={strength} must be in (0, 1] (the noise level the init videos start from)")
         if init is not None:
@@ -363,7 +366,7 @@ def build_tiny(cfg: BackboneConfig | None = None, seed: int = 0, vae: Autoencode
                                rope_max_seq_len=64)
     pipe = T2VPipeline(tr, te, tok, make_scheduler(cfg.prediction, cfg.shift), vae, cfg.prediction, cfg.max_text_len,
                        output=cfg.output, t_logit_mean=cfg.t_logit_mean, noise_mix=cfg.noise_mix)
-    pipe.default_frames, pipe.default_size, pipe.config = cfg.frames, cfg.size, cfg
+    pipe.default_frames, pipe.default_size, pipe.config, pipe.guidance_interval = cfg.frames, cfg.size, cfg, cfg.guidance_interval
     return pipe
 
 def save_backbone(pipe: T2VPipeline, folder) -> Path:
@@ -377,7 +380,8 @@ def save_backbone(pipe: T2VPipeline, folder) -> Path:
     kind = 'magicid-tiny' if cfg is not None else 'diffusers-wan'
     (tmp/'magicid_backbone.json').write_text(json.dumps(dict(kind=kind, prediction=pipe.prediction, output=pipe.output,
         t_logit_mean=pipe.t_logit_mean, noise_mix=pipe.noise_mix, max_text_len=pipe.max_text_len,
-        strict_tokens=pipe.strict_tokens, frames=pipe.default_frames, size=pipe.default_size, config=asdict(cfg) if cfg else None), indent=1))
+        strict_tokens=pipe.strict_tokens, frames=pipe.default_frames, size=pipe.default_size,
+        guidance_interval=list(pipe.guidance_interval), config=asdict(cfg) if cfg else None), indent=1))
     if folder.exists(): shutil.rmtree(folder)
     os.replace(tmp, folder)
     return folder
@@ -414,6 +418,7 @@ def load_backbone(folder, dtype: torch.dtype | None = None, device: str = 'cpu',
                        output=meta.get('output', 'velocity'), t_logit_mean=meta.get('t_logit_mean', 0.0),
                        noise_mix=meta.get('noise_mix', 0.0))
     pipe.default_frames, pipe.default_size = meta.get('frames', 33 if vae else 8), meta.get('size', 480 if vae else 32)
+    pipe.guidance_interval = tuple(meta.get('guidance_interval', (0.0, 1.0)))
     if meta.get('config'): pipe.config = BackboneConfig(**meta['config'])
     if gradient_checkpointing: pipe.enable_gradient_checkpointing()
     pipe.offload = offload

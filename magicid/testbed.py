@@ -48,13 +48,13 @@ def mean_offdiag_similarity(emb: np.ndarray) -> float:
 
 # %% ../nbs/11b_testbed.ipynb #503cffd6
 def face_keeping(pipe, identities: Sequence[world.Identity], prompts: Sequence[str], encoder: IDEncoder, refs: dict,
-                 strength: float = 0.5, steps: int = 25, cfg_scale: float = 4.5, seed: int = 0) -> tuple[list[dict], list[dict]]:
+                 strength: float = 0.5, steps: int = 25, cfg_scale: float = 4.5, seed: int = 0, **sampler) -> tuple[list[dict], list[dict]]:
     """Rows (own, other) for each identity's render of its prompt at the generation size, and for the same render noised
-    to σ = `strength` and denoised by `pipe`; one prompt per identity."""
+    to σ = `strength` and denoised by `pipe` (`sampler`: more arguments of the pipeline, e.g. `guidance_interval`); one prompt per identity."""
     if len(identities) != len(prompts): raise ValueError(f"identities ({len(identities)}) and prompts ({len(prompts)}) differ in number")
     size, frames = pipe.default_size, pipe.default_frames
     ren = np.stack([world.render_prompt(p, i, seed=seed + k, frames=frames, size=size).video for k, (i, p) in enumerate(zip(identities, prompts))])
-    back = pipe(list(prompts), steps=steps, cfg_scale=cfg_scale, seed=seed, init=ren, strength=strength, progress=False)
+    back = pipe(list(prompts), steps=steps, cfg_scale=cfg_scale, seed=seed, init=ren, strength=strength, progress=False, **sampler)
     owners = [str(i) for i in identities]
     return own_other(encoder, ren, owners, refs), own_other(encoder, back, owners, refs)
 

@@ -202,3 +202,17 @@ def test_killed_in_each_stage_and_run_again_gives_the_same_run(backbone_dir, ref
         pairs, final, lora = _result(out)
         assert pairs == pairs_a and final == final_a, name
         assert lora.keys() == lora_a.keys() and all(np.array_equal(lora[k].numpy(), lora_a[k].numpy()) for k in lora), name
+
+
+def test_references_of_another_size_are_fitted_to_the_backbone(backbone_dir, tmp_path):
+    "Photos larger than the backbone's frames (and not square) are centre-cropped and resized before training, said in one line."
+    d = tmp_path/'big'; d.mkdir()
+    for i, im in enumerate(world.reference_images(world.sample_identities('dev', 1, 3)[0], 3, 0, size=64)):
+        Image.fromarray(np.concatenate([im[:, :8], im, im[:, -8:]], 1)).save(d/f'{i}.png')   # 64×80
+    lines = []
+    rec = customize.customize(d, tmp_path/'run', _cfg(backbone_dir), progress=False, log=lines.append)
+    assert any('refs: 80×64 images cropped and resized to the backbone\'s 32×32' in l for l in lines), lines
+    from magicid.repository import load_row_video
+    rows = [json.loads(l) for l in (tmp_path/'run'/'repository'/'index.jsonl').read_text().splitlines()]
+    v_id = [load_row_video(tmp_path/'run'/'repository', r) for r in rows if r['source'] == 'id']   # the references, inflated
+    assert v_id and all(v.shape[1:3] == (32, 32) for v in v_id)
