@@ -506,8 +506,9 @@ def test_bad_init_is_named(small_pipe, kw, msg):
 
 # ---------------------------------------------------------------- the shipped tiny backbone
 
-def test_shipped_backbone_verifies_and_samples():
-    ship = repo_root()/'data'/'backbone'
+@pytest.mark.parametrize('name', ['backbone', 'backbone_latent'])
+def test_shipped_backbone_verifies_and_samples(name):
+    ship = repo_root()/'data'/name
     if not (ship/'transformer').is_dir():
         pytest.skip('data/backbone/ not shipped yet (train it: .venv/bin/magicid-run --scale tiny --only 10_backbone -p retrain=True)')
     verify_weights(ship)
