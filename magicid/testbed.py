@@ -10,6 +10,7 @@ from . import world
 from .identity import IDEncoder, identity_similarity, l2_normalize, per_frame_similarity, reference_embeddings
 from .facedetect import faceless
 from .metrics import bootstrap_ci
+from .repository import personalize
 
 # %% auto #0
 __all__ = ['own_other', 'frame_consistency', 'video_identity_embeddings', 'mean_offdiag_similarity', 'face_keeping', 'face_rate',
@@ -69,8 +70,7 @@ def lora_binding(pipe, identity: str, refs: dict, prompts: Sequence[str], encode
                  steps: int = 25, cfg_scale: float = 4.5, seed: int = 0) -> list[dict]:
     """Rows (own, other, own without the token) for samples of `prompts` (with 'a person') by `pipe`, which carries
     `identity`'s LoRA; the token is put in as 'a <token> person'."""
-    with_tok = [p.replace(world.subject(), world.subject(token), 1) for p in prompts]
-    if any(a == b for a, b in zip(with_tok, prompts)): raise ValueError(f"prompts: each must contain {world.subject()!r}")
+    with_tok = [personalize(p, token) for p in prompts]             # refuses a prompt without 'a person'
     v = pipe(with_tok + list(prompts), steps=steps, cfg_scale=cfg_scale, seed=seed, progress=False)
     rows = own_other(encoder, v[:len(prompts)], [identity]*len(prompts), refs)
     plain = own_other(encoder, v[len(prompts):], [identity]*len(prompts), refs)
