@@ -150,6 +150,8 @@ class ScaleConfig:
     top_pairs: int = 100             # dynamic pairs kept after ranking by ID gap (Sec 3.4, Supp A: 100)
     lr: float | None = None          # AdamW learning rate of both trainers; None: their own default (Sec 4.1: 2e-5)
     weight_decay: float | None = None  # AdamW weight decay of both trainers; None: their own default (Sec 4.1: 1e-4)
+    init_lr: float | None = None     # learning rate of the initial customization alone; None: `lr` (the paper: one rate)
+    init_rank: int | None = None     # LoRA rank of the initial customization; None: its own default (the paper gives none)
     init_steps: int = 1000           # initial customization steps (Sec 4.1)
     hpo_steps: int = 5000            # hybrid preference optimization steps (Sec 4.1)
     sample_steps: int = 50           # sampling steps (Supp A: 50 DDIM steps)

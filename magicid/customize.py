@@ -106,6 +106,8 @@ class CustomizeConfig:
                 'save_every': max(1, min(100, s.hpo_steps//4))}
         for k in ('lr', 'weight_decay'):                                  # None: the trainers' own defaults
             if getattr(s, k) is not None: base |= {f'initial.{k}': getattr(s, k), f'hpo.{k}': getattr(s, k)}
+        if s.init_lr is not None: base['initial.lr'] = s.init_lr
+        if s.init_rank is not None: base['initial.rank'] = s.init_rank
         tree = {}
         for k, v in (base | flat | {'scale': scale}).items():
             if '.' in k: tree.setdefault(k.split('.')[0], {})[k.split('.')[1]] = v

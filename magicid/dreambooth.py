@@ -17,7 +17,7 @@ from .media import load_images
 from .world import inflate
 
 # %% auto #0
-__all__ = ['DreamBoothConfig', 'reference_videos', 'trainable_lora', 'train_lora']
+__all__ = ['DreamBoothConfig', 'reference_flips', 'reference_videos', 'reference_latents', 'trainable_lora', 'train_lora']
 
 # %% ../nbs/11_dreambooth.ipynb #71735aaf
 @dataclass
@@ -57,13 +57,24 @@ class DreamBoothConfig:
         return {k: v for k, v in asdict(self).items() if k not in ('steps', 'save_every')}
 
 # %% ../nbs/11_dreambooth.ipynb #2cb196a1
+def reference_flips(n: int, cfg: DreamBoothConfig, rng: np.random.Generator) -> np.ndarray:
+    "Which of `n` drawn references are flipped (all False without `cfg.flip`)."
+    return rng.random(n) < 0.5 if cfg.flip else np.zeros(n, bool)
+
 def reference_videos(refs: np.ndarray, idx: np.ndarray, cfg: DreamBoothConfig, rng: np.random.Generator) -> np.ndarray:
     "Training videos (B, F, H, W, 3) for references `idx`: static F-frame videos or 1-frame videos, some flipped."
     ims = refs[idx].copy()
-    if cfg.flip:
-        f = rng.random(len(ims)) < 0.5
-        ims[f] = ims[f, :, ::-1]
+    f = reference_flips(len(ims), cfg, rng)
+    ims[f] = ims[f, :, ::-1]
     return inflate(ims, cfg.frames if cfg.frames_mode == 'inflate' else 1)
+
+@torch.no_grad()
+def reference_latents(pipe, refs: np.ndarray, cfg: DreamBoothConfig, batch: int = 16) -> torch.Tensor:
+    "Every training video of `reference_videos` in the transformer's space, (K, 2, C, F', h, w): [k, 0] as is, [k, 1] flipped."
+    ims = np.stack([refs, refs[:, :, ::-1]], 1).reshape(-1, *refs.shape[1:])          # (2K, H, W, 3)
+    vids = inflate(ims, cfg.frames if cfg.frames_mode == 'inflate' else 1)
+    z = torch.cat([pipe.encode_videos(vids[i:i + batch]) for i in range(0, len(vids), batch)])
+    return z.reshape(len(refs), 2, *z.shape[1:])
 
 # %% ../nbs/11_dreambooth.ipynb #852cc6ba
 def trainable_lora(pipe, adapter_name: str = 'default') -> list[torch.nn.Parameter]:
@@ -94,11 +105,13 @@ def train_lora(pipe, refs, cfg: DreamBoothConfig, ckpt_dir=None, progress: bool 
         with torch.no_grad():
             for n, p in named.items(): p.copy_(st['adapter'][n])
         opt.load_state_dict(st['optimizer']); start, hist = st['step'], st['log']
+    x0_refs = reference_latents(pipe, refs, cfg)    # the encoder is frozen and deterministic: encode each reference once
     pipe.transformer.train()
     bar = tqdm(range(start, cfg.steps), desc='DreamBooth-LoRA', disable=not progress, initial=start, total=cfg.steps)
     for step in bar:                                                       # `step` optimizer steps done before this one
         g = np.random.default_rng([cfg.seed, step, 7])
-        vids = reference_videos(refs, g.integers(len(refs), size=cfg.batch_size), cfg, g)
+        idx = g.integers(len(refs), size=cfg.batch_size)                   # the draws of `reference_videos`, as latents
+        vids = x0_refs[torch.as_tensor(idx), torch.as_tensor(reference_flips(len(idx), cfg, g).astype(np.int64))]
         # L_rec = ‖target − f_θ(x_t, t, c_id)‖²   (target: ε−x_0 for flow, ε for DDPM)
         loss = pipe.training_loss(vids, [cfg.prompt]*len(vids), generator=torch.Generator().manual_seed(int(g.integers(2**31))))
         if not torch.isfinite(loss):

@@ -249,6 +249,9 @@ def train_hpo(pipe: T2VPipeline, pairs: Sequence[dict], cfg: HPOConfig, ckpt_dir
         opt.load_state_dict(st['optimizer']); start, hist = st['step'], st['log']
     saved = start if st is not None else None
     recent = []
+    with torch.no_grad():        # the encoder is frozen and deterministic (posterior mode): each pair's videos once, kept on the CPU
+        x0 = [(_encode(pipe, p['win'][None]).cpu(), _encode(pipe, p['lose'][None]).cpu())
+              for p in tqdm(pairs, desc='HPO: encoding pairs', disable=not progress, leave=False)]
     pipe.transformer.train()
     bar = tqdm(range(start, cfg.steps), desc='HPO', disable=not progress, initial=start, total=cfg.steps)
     try:
@@ -258,7 +261,7 @@ def train_hpo(pipe: T2VPipeline, pairs: Sequence[dict], cfg: HPOConfig, ckpt_dir
             g = np.random.default_rng([cfg.seed, step])
             idx = g.choice(len(pairs), cfg.batch_size, replace=len(pairs) < cfg.batch_size)
             gen = torch.Generator().manual_seed(int(g.integers(2**31)))
-            win, lose = np.stack([pairs[i]['win'] for i in idx]), np.stack([pairs[i]['lose'] for i in idx])
+            win, lose = torch.cat([x0[i][0] for i in idx]), torch.cat([x0[i][1] for i in idx])
             loss, stats = hpo_loss(*pair_forward(pipe, win, lose, [pairs[i]['prompt'] for i in idx], gen), beta=cfg.beta)
             kept = (f"the last good checkpoint in {ck} (step {saved}) is kept unchanged" if saved is not None else
                     f"no checkpoint was written yet{'' if ck else ' (no ckpt_dir)'}")

@@ -216,3 +216,22 @@ def test_references_of_another_size_are_fitted_to_the_backbone(backbone_dir, tmp
     rows = [json.loads(l) for l in (tmp_path/'run'/'repository'/'index.jsonl').read_text().splitlines()]
     v_id = [load_row_video(tmp_path/'run'/'repository', r) for r in rows if r['source'] == 'id']   # the references, inflated
     assert v_id and all(v.shape[1:3] == (32, 32) for v in v_id)
+
+
+def test_the_scale_names_the_initial_recipe_once(tmp_path, monkeypatch):
+    "init_lr and init_rank of a scale file reach the initial LoRA only; unset, the shared lr stays."
+    import shutil, yaml
+    from magicid import core
+    from magicid.customize import CustomizeConfig
+    for f in (core.repo_root()/'nbs'/'params').glob('*.yaml'): shutil.copy(f, tmp_path/f.name)
+    d = yaml.safe_load((tmp_path/'smoke.yaml').read_text())
+    monkeypatch.setenv('MAGICID_PARAMS_DIR', str(tmp_path))
+    c = CustomizeConfig.from_scale('smoke')
+    assert c.initial.lr == c.hpo.lr == d['settings']['lr']
+    d['settings'] |= dict(init_lr=3e-4, init_rank=16)
+    (tmp_path/'smoke.yaml').write_text(yaml.safe_dump(d))
+    c = CustomizeConfig.from_scale('smoke')
+    assert (c.initial.lr, c.hpo.lr, c.initial.rank, c.hpo.rank) == (3e-4, d['settings']['lr'], 16, customize.HPOConfig().rank)
+    d['settings']['init_rank'] = 0
+    (tmp_path/'smoke.yaml').write_text(yaml.safe_dump(d))
+    with pytest.raises(ValueError, match='init_rank=0 must be > 0'): CustomizeConfig.from_scale('smoke')
