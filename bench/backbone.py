@@ -6,11 +6,11 @@ section in one object. An interrupted run keeps the lines already printed, and a
 the summary of what was measured so far (`"partial": true`).
 
 Train steps are forward + backward + gradient clipping + AdamW step with the parameters `pretrain` trains (transformer
-and text encoder), or with only a LoRA adapter (rank 8, `add_lora`); the median of --steps steps after --warmup steps.
+and text encoder), or with only a LoRA adapter (rank 32 as the tiny initial recipe, `add_lora`; latents encoded once, as `train_lora`); the median of --steps steps after --warmup steps.
 Sampling is one call of the pipeline (classifier-free guidance, so two transformer passes per step) per frame count.
 
 Usage: .venv/bin/python bench/backbone.py [--weights data/backbone] [--random] [--steps 10] [--warmup 2]
-           [--batches 8,2] [--compile] [--lora-batch 4] [--videos 4] [--frames 8,16,24] [--sample-steps 25] [--cfg 4.5] [--threads 0]
+           [--batches 8,2] [--compile] [--lora-batch 4] [--lora-rank 32] [--videos 4] [--frames 8,16,24] [--sample-steps 25] [--cfg 4.5] [--threads 0]
   --random   build_tiny() with the default BackboneConfig (random weights) instead of loading --weights
   --compile  also time the pretraining steps with the transformer under torch.compile, as `pretrain(compile=True)`
              (the first --warmup steps include the compilation)
@@ -46,10 +46,11 @@ def pretrain_wall(folder: Path):
     if not ((folder/'train_log.csv').is_file() and (folder/'README.md').is_file()): return None
     text = (folder/'README.md').read_text()
     m = re.search(r'([\d.]+)\s*min on ([^.]*)', text)
+    n = re.search(r'(\d+) steps', text)                  # '… 16000 steps, batch 4 …': the steps trained
     rows = (folder/'train_log.csv').read_text().strip().splitlines()
     last = rows[-1].split(',')[0] if len(rows) > 1 else None
     return dict(minutes=float(m.group(1)) if m else None, on=m.group(2).strip() if m else None,
-                logged_steps=int(last) if last and last.isdigit() else None)
+                steps=int(n.group(1)) if n else None, last_logged_step=int(last) if last and last.isdigit() else None)
 
 
 def main():
@@ -59,7 +60,7 @@ def main():
     ap.add_argument('--steps', type=int, default=10); ap.add_argument('--warmup', type=int, default=2)
     ap.add_argument('--batches', type=_ints, default=[8, 2])
     ap.add_argument('--compile', action='store_true'); ap.add_argument('--lora-batch', type=int, default=4)
-    ap.add_argument('--lora-rank', type=int, default=8)
+    ap.add_argument('--lora-rank', type=int, default=32)   # tiny.yaml init_rank
     ap.add_argument('--videos', type=int, default=4); ap.add_argument('--frames', type=_ints, default=[8, 16, 24])
     ap.add_argument('--sample-steps', type=int, default=25); ap.add_argument('--cfg', type=float, default=4.5)
     ap.add_argument('--threads', type=int, default=0)
@@ -120,7 +121,6 @@ def measure(a, pipe, cfg, videos, captions, out: dict):
         assert v.shape == (a.videos, f, cfg.size, cfg.size, 3)
     emit('sample', {'sample': out['sample']})
 
-    pixels = videos
     if pipe.vae is not None:                              # the autoencoder: videos → latents → videos, per 8-frame video
         t0 = time.perf_counter(); z = pipe.encode_videos(videos[:a.videos]); enc = time.perf_counter() - t0
         t0 = time.perf_counter(); pipe.decode(z); dec = time.perf_counter() - t0
@@ -140,8 +140,8 @@ def measure(a, pipe, cfg, videos, captions, out: dict):
             out['pretrain_step_compiled_s'] = {f'batch{b}': step_time(pipe, params, videos, captions, b, a.steps, a.warmup) for b in a.batches}
         emit('pretrain_compiled', {'pretrain_step_compiled_s': out['pretrain_step_compiled_s']})
 
-    # LoRA steps: only the adapter trains (customization; with an autoencoder the references are encoded every step)
-    if pipe.vae is not None: videos = pixels
+    # LoRA steps: only the adapter trains (customization; as `train_lora`, the references are encoded once, so a step
+    # sees latents)
     lora = add_lora(pipe, rank=a.lora_rank)
     out['lora'] = dict(rank=a.lora_rank, params_M=round(sum(p.numel() for p in lora)/1e6, 4))
     out['lora']['step_s'] = {f'batch{a.lora_batch}': step_time(pipe, lora, videos, captions, a.lora_batch, a.steps, a.warmup)}
