@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SCALE ?= tiny
 PYTEST_ARGS ?=
 
-.PHONY: install test reproduce lab export clean-nbs sync hooks
+.PHONY: install test reproduce rehearse lab export clean-nbs sync hooks
 
 install: $(STAMP)
 
@@ -26,6 +26,10 @@ test: $(STAMP)
 ## run the papermill chain at $(SCALE) (default tiny) and write reports/$(SCALE)/
 reproduce: $(STAMP)
 	$(VENV)/bin/magicid-run --scale $(SCALE)
+
+## rehearse a real scale's chain (SCALE=h100 or paper) on tiny random models of its real classes: reports/rehearse-$(SCALE)/
+rehearse: $(STAMP)
+	$(VENV)/bin/magicid-run --scale $(SCALE) --rehearse
 
 ## open the notebooks in JupyterLab
 lab: $(STAMP)

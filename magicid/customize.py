@@ -120,9 +120,13 @@ def load_run_backbone(cfg: CustomizeConfig):
     return load_scale_backbone(cfg.scale, cfg.backbone_dir)
 
 def make_rewarder(cfg: CustomizeConfig, refs, id_pack_dir=None, vlm_dir=None, raft_weights=None):
-    "The rewarder R_id, R_dy, R_sem of `cfg.scale` (reward ID encoder — never the evaluation one)."
-    if core.load_scale(cfg.scale).backbone == 'tiny' and id_pack_dir is None: return rewards.tiny_rewarder(refs)
-    if id_pack_dir is None: raise ValueError("id_pack_dir: the real reward ID encoder (an insightface model pack folder) is needed at this scale")
+    "The rewarder R_id, R_dy, R_sem of `cfg.scale` (reward ID encoder — never the evaluation one); folders default to the scale's settings."
+    s = core.load_scale(cfg.scale)
+    id_pack_dir, vlm_dir, raft_weights = id_pack_dir or s.reward_id_pack, vlm_dir or s.vlm_dir, raft_weights or s.raft_weights
+    if s.backbone == 'tiny' and id_pack_dir is None: return rewards.tiny_rewarder(refs)
+    if id_pack_dir is None:
+        raise ValueError(f"reward_id_pack: the real reward ID encoder (an insightface pack folder) is needed at scale {cfg.scale}; "
+                         f"name it under settings: of nbs/params/{cfg.scale}.yaml or with --set reward_id_pack=PATH")
     flow = load_raft(raft_weights) if raft_weights is not None else 'dis'
     return rewards.Rewarder(InsightFaceEncoder(id_pack_dir), refs, None, flow, vlm=VLMRater(vlm_dir) if vlm_dir else None)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 import yaml
-from . import core
+from . import core, rehearse
 
 # %% auto #0
 __all__ = ['NOTEBOOK_INPUTS', 'INPUT_LAYOUTS', 'OPTIONAL_INPUTS', 'notebook_parameters', 'check_value', 'parse_value', 'Step',
@@ -326,15 +326,19 @@ def _promote(stage: Path, dest: Path) -> list[Path]:
 # %% ../nbs/90_run.ipynb #9c3f1a3b
 def run_chain(scale: str = 'tiny', settings: Sequence[str] = (), overrides: Sequence[str] = (), only: Sequence[str] | None = None,
               nbs: str | os.PathLike | None = None, params: str | os.PathLike | None = None,
-              kernel_name: str = 'python3', progress: bool = True, log=print) -> list[dict]:
-    "Run the chain for `scale`; return one record per notebook (name, seconds, files written). Raises `PreflightError` (nothing written), `ChainError`."
+              kernel_name: str = 'python3', progress: bool = True, log=print, dest: str | None = None) -> list[dict]:
+    """Run the chain for `scale`; return one record per notebook (name, seconds, files written). Reports go to
+    reports/`dest`/ (default: the scale's name; the rehearsal's reports/rehearse-<scale>/). Raises `PreflightError`
+    (nothing written), `ChainError`."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
     cfg, steps = plan(scale, settings, overrides, only, nbs, params)
     problems = preflight(cfg)                       # h100/paper: every real input there, before anything is written
     if problems: raise PreflightError(scale, problems)
-    root = core.reports_root()
-    dest, runs = root/scale, root/'runs'/scale
+    root, name = core.reports_root(), dest or scale
+    rank = int(os.environ.get('RANK') or 0)          # under `accelerate launch` only rank 0 writes reports/<dest>/
+    if rank: name = f'.rank{rank}/{name}'
+    dest, runs = root/name, root/'runs'/name
     runs.mkdir(parents=True, exist_ok=True)
     # the notebooks read the effective settings (with --set applied) through MAGICID_PARAMS_DIR
     eff = runs/'params'
@@ -345,7 +349,7 @@ def run_chain(scale: str = 'tiny', settings: Sequence[str] = (), overrides: Sequ
     os.environ['MAGICID_PARAMS_DIR'] = str(eff)
     try:
         for i, step in enumerate(steps, 1):
-            stage = root/'.staging'/scale/step.notebook
+            stage = root/'.staging'/name/step.notebook
             shutil.rmtree(stage, ignore_errors=True); stage.mkdir(parents=True)
             executed = runs/f'{step.notebook}.ipynb'
             log(f"[{i}/{len(steps)}] {step.notebook} ({scale}) ...", flush=True)
@@ -382,6 +386,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--list', action='store_true', help='show the chain and its parameters for the scale, run nothing')
     p.add_argument('--preflight', action='store_true',
                    help='check the real inputs of the scale (h100, paper) and print what was found, run nothing; exit 2 if one is missing')
+    p.add_argument('--rehearse', action='store_true',
+                   help='h100, paper: write tiny random models of the real classes for every real input, run the chain on '
+                        'them with the sizes of nbs/params/rehearse.yaml, into reports/rehearse-<scale>/')
     p.add_argument('--kernel', default='python3', help='Jupyter kernel name (default: python3)')
     p.add_argument('--no-progress', action='store_true', help='no progress bars')
     return p
@@ -410,11 +417,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 v = getattr(cfg, k)
                 print(f"  {k}: {v}" if v is not None else f"  {k}: not set ({INPUT_LAYOUTS[k].split('; ')[-1]})")
             return 0
-        records = run_chain(a.scale, a.settings, a.overrides, a.only, kernel_name=a.kernel, progress=not a.no_progress)
+        dest, params = None, None
+        if a.rehearse:
+            core.check_choice('--rehearse scale', a.scale, core.REAL_SCALES)
+            dest = f'rehearse-{a.scale}'
+            base = core.reports_root()/'runs'/dest
+            print(f"magicid-run: rehearsal of {a.scale}: tiny random stand-ins of every real input in {base/'inputs'}", flush=True)
+            params = rehearse.rehearsal_params(a.scale, rehearse.write_inputs(base/'inputs', core.load_scale(a.scale)), base/'params-src')
+        records = run_chain(a.scale, a.settings, a.overrides, a.only, params=params, kernel_name=a.kernel,
+                            progress=not a.no_progress, dest=dest)
     except ChainError as e:
         print(f"magicid-run: {e}", file=sys.stderr); return 1
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"magicid-run: error: {e}", file=sys.stderr); return 2
     total = sum(r['seconds'] for r in records)
-    print(f"magicid-run: {len(records)} notebooks, {total:.1f} s; reports in {core.reports_root()/a.scale}")
+    if a.rehearse:                                 # every file the real run would write, under the same names
+        for f in sorted(f for r in records for f in r['files']): print(f"  {f}")
+    print(f"magicid-run: {len(records)} notebooks, {total:.1f} s; reports in {core.reports_root()/(dest or a.scale)}")
     return 0

@@ -40,3 +40,10 @@ def pytest_collection_modifyitems(config, items):
     if covered:
         config.hook.pytest_deselected(items=covered)
         items[:] = [i for i in items if i not in covered]
+
+
+@pytest.fixture(scope='session')
+def random_clip(tmp_path_factory):
+    "A tiny random CLIP folder of the real classes (`rehearse.write_random_clip`); tests must not write into it."
+    from magicid.rehearse import write_random_clip             # lazy: transformers only for tests that use it
+    return write_random_clip(tmp_path_factory.mktemp('random-clip'))

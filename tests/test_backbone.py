@@ -9,32 +9,17 @@ from magicid import backbone as B
 from magicid.core import repo_root, verify_weights
 from magicid.lora import LORA_FILE, LORA_TARGETS, add_lora, lora_disabled, load_lora, save_lora
 from magicid.pretrain import PretrainConfig, pretrain, render_dataset
+from magicid.rehearse import WAN_LATENT_MEAN as LAT_MEAN, WAN_LATENT_STD as LAT_STD, random_wan_pipeline
 
 PROMPT = 'a person nods wearing a red jacket in a forest'
 Z = 4                                                        # latent channels of the tiny VAE
-LAT_MEAN, LAT_STD = [0.1, -0.2, 0.3, 0.0], [1.5, 0.8, 1.2, 2.0]
 
 
 # ---------------------------------------------------------------- tiny random components of a real Wan2.1 folder
 
 def _wan_pipeline(scheduler: str = 'unipc', seed: int = 0):
     "diffusers' `WanPipeline` of tiny random components (same classes and folder layout as Wan2.1-T2V-1.3B-Diffusers)."
-    from diffusers import (WanPipeline, WanTransformer3DModel, AutoencoderKLWan, FlowMatchEulerDiscreteScheduler,
-                           UniPCMultistepScheduler)
-    from transformers import UMT5Config, UMT5EncoderModel
-    torch.manual_seed(seed)
-    tok = B.build_tokenizer(max_len=16)                     # a PreTrainedTokenizerFast; Wan's T5 tokenizer is not downloadable
-    # 4 levels, time down-sampled twice: the real VAE's ×8 spatial, ×4 temporal (4k+1 frames), with 4-wide features
-    vae = AutoencoderKLWan(base_dim=4, z_dim=Z, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
-                           latents_mean=LAT_MEAN, latents_std=LAT_STD)
-    te = UMT5EncoderModel(UMT5Config(vocab_size=len(tok.get_vocab()), d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4,
-                                     relative_attention_num_buckets=8, dropout_rate=0.0, pad_token_id=tok.pad_token_id,
-                                     eos_token_id=tok.eos_token_id))
-    tr = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=Z, out_channels=Z,
-                               text_dim=16, freq_dim=32, ffn_dim=32, num_layers=1, rope_max_seq_len=32)
-    sch = (UniPCMultistepScheduler(prediction_type='flow_prediction', use_flow_sigmas=True, flow_shift=3.0, num_train_timesteps=1000)
-           if scheduler == 'unipc' else FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0))
-    return WanPipeline(tokenizer=tok, text_encoder=te, vae=vae, scheduler=sch, transformer=tr)
+    return random_wan_pipeline(scheduler, seed)
 
 
 @pytest.fixture(scope='module')

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 from magicid import fvd as M
 from magicid import world
+from magicid.rehearse import write_random_i3d
 
 # ---------------------------------------------------------------- the Fréchet distance
 
@@ -77,17 +78,6 @@ def test_check_videos_rejects_non_arrays():
 
 # ---------------------------------------------------------------- the real-I3D path, with a random stand-in
 
-class _FakeI3D(nn.Module):
-    "Random module with the StyleGAN-V I3D signature; asserts the calling convention, returns 400-D features."
-    def __init__(self):
-        super().__init__(); self.proj = nn.Linear(6, 400)
-    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = False) -> torch.Tensor:
-        assert x.dim() == 5 and x.shape[1] == 3 and x.shape[3] == 224 and x.shape[4] == 224
-        assert not rescale and not resize and return_features
-        assert float(x.min()) >= -1.0 and float(x.max()) <= 1.0
-        f = self.proj(torch.cat([x.mean((2, 3, 4)), (x[:, :, 1:] - x[:, :, :-1]).abs().mean((2, 3, 4))], 1))
-        return f if return_features else torch.softmax(f, -1)
-
 class _BadShape(nn.Module):
     def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = False) -> torch.Tensor:
         return x.mean(1)
@@ -99,8 +89,7 @@ def videos10():
     return np.stack([world.render_prompt(p, i, seed=k, frames=10).video for k, (p, i) in enumerate(zip(prompts, ids))])
 
 def test_i3d_random_torchscript(tmp_path, videos10):
-    torch.manual_seed(0)
-    torch.jit.script(_FakeI3D()).save(str(tmp_path/'i3d_torchscript.pt'))
+    write_random_i3d(tmp_path/'i3d_torchscript.pt')
     ex = M.I3DFeatures(tmp_path/'i3d_torchscript.pt', batch_size=4)
     assert isinstance(ex, M.VideoFeatures)
     f = ex.features(videos10)

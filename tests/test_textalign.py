@@ -97,27 +97,7 @@ def test_sizes_and_lengths(tiny):
     assert np.isfinite(tiny.clip_i(v64[:8], refs)) and np.isfinite(tiny.clip_t(v64[:3], 'a person'))   # short video: padded
 
 
-# --- the real-CLIP path: a tiny random CLIP with a real CLIP tokenizer class and CLIP's image processor config
-
-
-@pytest.fixture(scope='module')
-def random_clip(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-    d = tmp_path_factory.mktemp('random-clip')
-    chars = sorted(set(bytes_to_unicode().values()))
-    vocab = {c: i for i, c in enumerate(chars + [c + '</w>' for c in chars] + ['<|startoftext|>', '<|endoftext|>'])}
-    tok = CLIPTokenizer(vocab=vocab, merges=[])                  # character-level BPE: OpenAI CLIP's tokenizer class and format
-    tok.save_pretrained(d)
-    torch.manual_seed(0)
-    cfg = CLIPConfig(text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                      max_position_embeddings=77, eos_token_id=vocab['<|endoftext|>'], bos_token_id=vocab['<|startoftext|>']),
-                     vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=36, patch_size=6),
-                     projection_dim=16)
-    CLIPModel(cfg).save_pretrained(d)
-    CLIPImageProcessorPil(size={'shortest_edge': 40}, crop_size={'height': 36, 'width': 36}).save_pretrained(d)
-    return d
+# --- the real-CLIP path: a tiny random CLIP with a real CLIP tokenizer class and CLIP's image processor config (conftest: random_clip)
 
 
 def test_real_clip_path(random_clip, video):

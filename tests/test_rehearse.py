@@ -1,0 +1,50 @@
+"""The real scales' chains rehearsed end to end on tiny random models of the real classes (issue 28, items 1 and 3):
+`magicid-run --scale h100|paper --rehearse` exits 0 and writes every table and figure the tiny chain writes, under the
+same names; and no notebook of the chain falls back to a smoke default at h100 or paper."""
+import json, os, subprocess, sys
+from pathlib import Path
+import pytest
+from magicid import core
+from magicid.rehearse import load_rehearsal, rehearsal_params, write_inputs
+from magicid.run import preflight
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = str(Path(sys.executable).parent/'magicid-run')
+
+@pytest.mark.parametrize('scale', core.REAL_SCALES)
+def test_every_notebook_has_its_real_scale_parameters(scale):
+    "What tiny sets for a notebook (its sizes), each real scale sets too: none runs with a smoke default there."
+    tiny, real = core.load_scale('tiny'), core.load_scale(scale)
+    missing = {nb: sorted(set(tiny.notebooks.get(nb) or {}) - set(real.notebooks.get(nb) or {})) for nb in core.load_chain()}
+    assert not {nb: m for nb, m in missing.items() if m}, f"{scale}.yaml lacks parameters that tiny.yaml sets: {missing}"
+    assert set(core.load_chain()) <= set(real.notebooks), f"{scale}.yaml: no entry for {sorted(set(core.load_chain()) - set(real.notebooks))}"
+
+@pytest.mark.parametrize('scale', core.REAL_SCALES)
+def test_the_stand_ins_pass_the_preflight(scale, tmp_path):
+    "Every real input's stand-in is where and what the preflight expects (the rehearsal goes through it as a real run)."
+    inputs = write_inputs(tmp_path/'inputs', core.load_scale(scale))
+    assert set(inputs) == {k for k in core.REAL_INPUTS if k not in ('raft_weights', 'eval_prompts')}
+    cfg = core.load_scale(scale, rehearsal_params(scale, inputs, tmp_path/'params'))
+    assert preflight(cfg) == [], preflight(cfg)
+    assert cfg.device == 'cpu' and cfg.num_frames % 4 == 1 and cfg.num_frames == load_rehearsal()['settings']['num_frames']
+
+def _tiny_chain_files() -> set[str]:
+    "The table and figure names the chain writes at tiny (as committed in reports/tiny/)."
+    out = subprocess.run(['git', 'ls-files', 'reports/tiny'], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return {Path(p).name for p in out.split()}
+
+@pytest.mark.parametrize('scale', core.REAL_SCALES)
+def test_rehearsal_end_to_end(scale, tmp_path):
+    "`magicid-run --scale SCALE --rehearse` exits 0, lists what it wrote, and writes every file of the tiny chain."
+    r = subprocess.run([RUN, '--scale', scale, '--rehearse', '--no-progress'], capture_output=True, text=True,
+                       env={**os.environ, 'MAGICID_REPORTS_DIR': str(tmp_path)})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = tmp_path/f'rehearse-{scale}'
+    written = {p.name for p in out.rglob('*') if p.is_file()}
+    listed = {Path(l.strip()).name for l in r.stdout.splitlines() if l.startswith('  rehearse-')}
+    assert listed == written
+    summary = json.loads((tmp_path/'runs'/f'rehearse-{scale}'/'summary.json').read_text())
+    assert [n['notebook'] for n in summary['notebooks']] == core.load_chain()
+    assert not (tmp_path/scale).exists()                      # the rehearsal never writes the real scale's reports
+    missing = sorted(_tiny_chain_files() - written)
+    assert not missing, f"the rehearsal of {scale} did not write: {missing}"
