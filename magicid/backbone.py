@@ -388,7 +388,7 @@ def save_backbone(pipe: T2VPipeline, folder) -> Path:
 
 def load_backbone(folder, dtype: torch.dtype | None = None, device: str = 'cpu', prediction: str | None = None,
                   gradient_checkpointing: bool = False, offload: bool = False) -> T2VPipeline:
-    "Load a backbone folder (tiny, saved by `save_backbone`, or Wan2.1-T2V in diffusers format); bf16, checkpointing, offload options."
+    "Load a backbone folder (tiny, saved by `save_backbone`, or Wan2.1-T2V / HunyuanVideo in diffusers format); bf16, checkpointing, offload."
     folder = Path(folder) if folder else None
     if folder is None or not folder.is_dir():
         raise FileNotFoundError(f"backbone folder {folder}: not found; set weights_dir (e.g. magicid-run --set weights_dir=/path) "
@@ -398,9 +398,13 @@ def load_backbone(folder, dtype: torch.dtype | None = None, device: str = 'cpu',
         raise ValueError(f"{folder}: not a text-to-video folder in diffusers format; expected subfolders transformer/, text_encoder/, "
                          f"tokenizer/, scheduler/ (found {sorted(parts)})")
     tcfg = json.loads((folder/'transformer'/'config.json').read_text())
+    if tcfg.get('_class_name') == 'HunyuanVideoTransformer3DModel':   # the paper's backbone: its own pipeline (10e_hunyuan)
+        from magicid.hunyuan import load_hunyuan                       # lazy: hunyuan builds on this module
+        if prediction not in (None, 'flow'): raise ValueError(f"prediction={prediction!r}: HunyuanVideo is a flow model")
+        return load_hunyuan(folder, dtype, device, gradient_checkpointing, offload)
     if tcfg.get('_class_name') != 'WanTransformer3DModel':
         raise ValueError(f"{folder}/transformer: architecture {tcfg.get('_class_name')!r} is not supported; expected WanTransformer3DModel "
-                         f"(Wan2.1-T2V in diffusers format)")
+                         f"(Wan2.1-T2V) or HunyuanVideoTransformer3DModel (HunyuanVideo), in diffusers format")
     meta = json.loads((folder/'magicid_backbone.json').read_text()) if (folder/'magicid_backbone.json').exists() else {}
     tr = WanTransformer3DModel.from_pretrained(folder/'transformer', torch_dtype=dtype)
     te = UMT5EncoderModel.from_pretrained(folder/'text_encoder', torch_dtype=dtype)
