@@ -350,8 +350,11 @@ WRONG = {
                 ValueError, r"expected subfolders transformer/.*\(found \['scheduler', 'text_encoder', 'tokenizer', 'unet', 'vae'\]\)"),
     'hunyuan': ({f'{s}/config.json': {'_class_name': c} for s, c in [('transformer', 'HunyuanVideoTransformer3DModel'),
                  ('text_encoder', 'LlamaModel'), ('tokenizer', 'x'), ('scheduler', 'FlowMatchEulerDiscreteScheduler')]},
-                ValueError, r"transformer: architecture 'HunyuanVideoTransformer3DModel' is not supported; expected "
-                            r"WanTransformer3DModel"),
+                ValueError, r"a HunyuanVideo folder in diffusers format has .*; missing \['vae', 'text_encoder_2', 'tokenizer_2'\]"),
+    'flux': ({f'{s}/config.json': {'_class_name': c} for s, c in [('transformer', 'FluxTransformer2DModel'),
+              ('text_encoder', 'T5EncoderModel'), ('tokenizer', 'x'), ('scheduler', 'FlowMatchEulerDiscreteScheduler')]},
+             ValueError, r"transformer: architecture 'FluxTransformer2DModel' is not supported; expected WanTransformer3DModel "
+                         r"\(Wan2.1-T2V\) or HunyuanVideoTransformer3DModel"),
     'no-transformer-config': ({f'{s}/x.json': {} for s in ('transformer', 'text_encoder', 'tokenizer', 'scheduler')},
                               FileNotFoundError, r'transformer/config\.json'),
 }
