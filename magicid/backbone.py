@@ -437,5 +437,7 @@ def load_scale_backbone(scale: str, backbone_dir=None, gradient_checkpointing: b
                          f"e.g. magicid-run --scale {scale} --set weights_dir=/path/to/Wan2.1-T2V-1.3B-Diffusers")
     if s.backbone == 'tiny' and not backbone_dir: core.verify_weights(folder)
     device = 'cuda' if s.device in ('cuda', 'auto') and torch.cuda.is_available() else 'cpu'
-    return load_backbone(folder, dtype=torch.bfloat16 if s.dtype == 'bfloat16' else None, device=device,
+    pipe = load_backbone(folder, dtype=torch.bfloat16 if s.dtype == 'bfloat16' else None, device=device,
                          gradient_checkpointing=gradient_checkpointing, offload=offload)
+    if s.size is not None: pipe.default_size = s.size                  # the scale's frame side (e.g. the rehearsal's small one)
+    return pipe

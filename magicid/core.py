@@ -157,6 +157,9 @@ class ScaleConfig:
     sample_steps: int = 50           # sampling steps (Supp A: 50 DDIM steps)
     cfg_scale: float = 7.5           # classifier-free guidance (Supp A: 7.5)
     num_frames: int = 61             # frames per generated video (Supp A: 61)
+    size: int | None = None          # side of the (square) generated frames; None: the backbone's (tiny 64, Wan 480, HunyuanVideo 720)
+    random_weights: bool = False     # True in the rehearsal: every real input is a random stand-in, so checks of what
+                                     # an instrument or backbone *knows* are printed, not asserted (the code still runs)
     notebooks: dict = field(default_factory=dict)  # papermill parameters per notebook of the chain
 
     def __post_init__(self):
@@ -178,6 +181,7 @@ class ScaleConfig:
                 raise TypeError(f"{self.name}: {f.name}={v!r} must be {'an int' if t == 'int' else 'a number'}")
             if t in ('int', 'float') and f.name != 'seed' and v <= 0:
                 raise ValueError(f"{self.name}: {f.name}={v!r} must be > 0")
+            if t == 'bool' and not isinstance(v, bool): raise TypeError(f"{self.name}: {f.name}={v!r} must be true or false")
             if t == 'str' and not isinstance(v, str):
                 raise TypeError(f"{self.name}: {f.name}={v!r} must be {'a path (a string)' if f.name in REAL_INPUTS else 'a string'}")
             if f.name in REAL_INPUTS and not v.strip():

@@ -152,15 +152,15 @@ def _ref_names(src) -> list[str]:
 
 def check_refs(refs: np.ndarray, names: Sequence[str], cfg: CustomizeConfig, detector=None) -> np.ndarray:
     """Refuse reference images in which the scale's face detector finds no face, naming the files; called before
-    anything is loaded or written. `detector`: `facedetect.load_face_detector(scale, pack_dir)`; None loads the shipped
-    tiny detector at smoke/tiny (at h100/paper the reward insightface pack's SCRFD must be given)."""
+    anything is loaded or written. `detector`: `facedetect.load_face_detector(scale, pack_dir)`; None loads the scale's:
+    the shipped tiny detector at smoke/tiny, the SCRFD of the scale's `reward_id_pack` at h100/paper."""
     if len(names) != len(refs): raise ValueError(f"refs: {len(refs)} images but {len(names)} names")
     if detector is None:
-        if cfg.scale in ('h100', 'paper'):
+        pack = core.load_scale(cfg.scale).reward_id_pack
+        if cfg.scale in core.REAL_SCALES and pack is None:
             raise ValueError(f"refs: scale={cfg.scale!r} checks the references with the reward insightface pack's face detector; "
-                             "pass detector=facedetect.load_face_detector(scale, pack_dir) (the command line has no pack setting yet: "
-                             "make_rewarder needs the same pack)")
-        detector = facedetect.load_face_detector(cfg.scale)
+                             f"set reward_id_pack (nbs/params/{cfg.scale}.yaml or --set reward_id_pack=PATH)")
+        detector = facedetect.load_face_detector(cfg.scale, pack)
     try: facedetect.check_faces(refs, names, detector)
     except ValueError as e: raise ValueError(f"refs: {e}") from None
     return refs

@@ -33,17 +33,22 @@ def own_other(encoder: IDEncoder, videos: Sequence[np.ndarray], owners: Sequence
 
 def frame_consistency(encoder: IDEncoder, video: np.ndarray) -> float:
     "ID consistency across frames: mean similarity of frames 2…F with frame 1."
-    e = encoder.embed(np.asarray(video), kind='frame')
+    e = encoder.embed(np.asarray(video), kind='frame', on_missing='nan')     # a frame without a face: NaN, left out
     return float(np.nanmean(per_frame_similarity(e[1:], e[:1], encoder.metric))) if len(e) > 1 else 1.0
 
 def video_identity_embeddings(encoder: IDEncoder, videos: Sequence[np.ndarray]) -> np.ndarray:
-    "One identity embedding per video: the L2-normalised mean of its frames' embeddings."
-    return np.stack([l2_normalize(np.nanmean(encoder.embed(np.asarray(v), kind='frame'), 0)) for v in videos])
+    "One identity embedding per video: the L2-normalised mean of its frames' embeddings (NaN where no frame has a face)."
+    def one(v):
+        e = encoder.embed(np.asarray(v), kind='frame', on_missing='nan')
+        return l2_normalize(np.nanmean(e, 0)) if np.isfinite(e).all(1).any() else np.full(e.shape[1], np.nan)
+    return np.stack([one(v) for v in videos])
 
 def mean_offdiag_similarity(emb: np.ndarray) -> float:
-    "Mean cosine similarity over distinct pairs of rows of `emb` (L2-normalised)."
+    "Mean cosine similarity over distinct pairs of rows of `emb` (L2-normalised); rows with NaN (no face) are left out."
+    if len(emb) < 2: raise ValueError(f"emb: need at least 2 rows, got {len(emb)}")
+    emb = emb[np.isfinite(emb).all(1)]
     n = len(emb)
-    if n < 2: raise ValueError(f"emb: need at least 2 rows, got {n}")
+    if n < 2: return float('nan')                                   # fewer than two videos with a face: nothing to compare
     S = emb @ emb.T
     return float((S.sum() - np.trace(S))/(n*(n - 1)))
 

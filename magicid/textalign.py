@@ -346,7 +346,7 @@ class VLMRater:
     image_token = '<|image_pad|>'
 
     def __init__(self, path, device: str = 'cpu', dtype: str = 'float32', max_frames: int = 8, max_pixels: int | None = 448*448,
-                 max_new_tokens: int = 8, fallback: float = float('nan'), param: str = 'vlm_dir'):
+                 max_new_tokens: int = 8, fallback: float = float('nan'), param: str = 'vlm_dir', mode: str = 'expected'):
         import torch
         from transformers import AutoModelForImageTextToText, AutoTokenizer, AutoImageProcessor
         path = Path(path) if path is not None else None
@@ -357,6 +357,7 @@ class VLMRater:
         if not (isinstance(max_frames, int) and max_frames >= 1): raise ValueError(f"max_frames={max_frames!r} must be an int >= 1")
         self.path, self.device, self.max_frames, self.max_new_tokens = path, device, max_frames, max_new_tokens
         self.max_pixels, self.fallback, self.last_answer = max_pixels, fallback, None
+        self.mode = check_choice('mode', mode, ['expected', 'answer'])   # expected: E[r] under the first answer token; answer: parsed text
         self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.image_processor = AutoImageProcessor.from_pretrained(path)   # Qwen2VLImageProcessorPil when torchvision is missing
@@ -406,8 +407,37 @@ class VLMRater:
         self.last_answer = self.tokenizer.decode(out[0, inp['input_ids'].shape[1]:], skip_special_tokens=True)
         return self.last_answer
 
+    def _token(self, s: str) -> int | None:
+        i = self.tokenizer.convert_tokens_to_ids(s)
+        return None if i is None or i == self.tokenizer.unk_token_id else int(i)
+
+    def rating_probs(self, video: np.ndarray, prompt: str) -> np.ndarray:
+        "p(r), r = 1..10, of the answer's first tokens: the digits '1'..'9' (and '10' if one token); with split digits p(10) = p('1')·p('0' | '1')."
+        import torch
+        inp = self.inputs(video, prompt)
+        if 'pixel_values' in inp: inp['pixel_values'] = inp['pixel_values'].to(self.model.dtype)
+        with torch.no_grad(): p = self.model(**inp).logits[0, -1].float().softmax(-1)
+        ids = [self._token(str(r)) for r in range(1, 11)]
+        pr = np.array([float(p[i]) if i is not None else 0.0 for i in ids])
+        zero = self._token('0')
+        if ids[9] is None and ids[0] is not None and zero is not None:     # Qwen writes 10 as '1', '0'
+            one = torch.tensor([[ids[0]]], device=inp['input_ids'].device)
+            inp2 = dict(inp, input_ids=torch.cat([inp['input_ids'], one], 1),
+                        attention_mask=torch.cat([inp['attention_mask'], torch.ones_like(one)], 1),
+                        mm_token_type_ids=torch.cat([inp['mm_token_type_ids'], torch.zeros_like(one).int()], 1))
+            with torch.no_grad(): q = float(self.model(**inp2).logits[0, -1].float().softmax(-1)[zero])
+            pr[9], pr[0] = pr[0]*q, pr[0]*(1 - q)
+        return pr/pr.sum() if pr.sum() > 0 else pr
+
     def rate(self, video: np.ndarray, prompt: str) -> float:
-        "R_sem in 1..10: the parsed rating, or `fallback` (NaN by default) when the answer holds no number."
+        """R_sem in 1..10. mode 'expected': E[r] = Σ_r r·p(r) over the rating tokens (`rating_probs`), defined for any
+        model; mode 'answer': the rating parsed from the greedy answer, or `fallback` (NaN by default) when it holds none."""
+        if self.mode == 'expected':
+            pr = self.rating_probs(video, prompt)
+            # R_sem = Σ_r r·p(r | video, prompt)
+            r = float((np.arange(1, 11)*pr).sum()) if pr.sum() > 0 else self.fallback
+            self.last_answer = f'E[r] = {r:.2f}'
+            return r
         r = parse_rating(self.answer(video, prompt))
         return float(r) if r is not None else self.fallback
 
