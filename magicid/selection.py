@@ -18,9 +18,9 @@ REQUIRED_KEYS = ('source', 'prompt') + REWARDS
 TAU_MODES = ('one_sided', 'two_sided')
 
 # %% auto #0
-__all__ = ['SOURCES', 'REWARDS', 'REQUIRED_KEYS', 'TAU_MODES', 'dominates', 'dominance_matrix', 'pareto_front',
-           'nondominated_sort', 'select_id_pairs', 'frontier_sets', 'select_dy_pairs', 'hybrid_pairs', 'pair_table',
-           'SelectionConfig', 'plot_selection']
+__all__ = ['SOURCES', 'REWARDS', 'REQUIRED_KEYS', 'TAU_MODES', 'PAIRS', 'REWARD_SETS', 'dominates', 'dominance_matrix',
+           'pareto_front', 'nondominated_sort', 'select_id_pairs', 'frontier_sets', 'select_dy_pairs', 'hybrid_pairs',
+           'pair_table', 'SelectionConfig', 'plot_selection']
 
 # %% ../nbs/13_selection.ipynb #323be642
 def _vector(x, name: str) -> np.ndarray:
@@ -162,23 +162,30 @@ def select_id_pairs(rows: Sequence[dict], delta: float, tau: float, tau_mode: st
     return _ranked(t, win, lose, 'id', max_pairs)
 
 # %% ../nbs/13_selection.ipynb #ae2cd64b
-def frontier_sets(rows: Sequence[dict], n_fronts: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    "Row indices (U, L) of the V_s ∪ V_t videos in the first `n_fronts` upper and lower fronts on (R_id, R_dy, R_sem)."
+def _reward_cols(rewards: Sequence[str]) -> list[int]:
+    "Columns of `rewards` (a subset of REWARDS that holds R_id) in the reward matrix."
+    bad = [r for r in rewards if r not in REWARDS]
+    if bad or 'R_id' not in rewards or not rewards: raise ValueError(f"rewards={tuple(rewards)!r}: a subset of {REWARDS} that holds R_id")
+    return [REWARDS.index(r) for r in REWARDS if r in rewards]
+
+def frontier_sets(rows: Sequence[dict], n_fronts: int = 1, rewards: Sequence[str] = REWARDS) -> tuple[np.ndarray, np.ndarray]:
+    "Row indices (U, L) of the V_s ∪ V_t videos in the first `n_fronts` upper and lower fronts on `rewards` (all three by default)."
     t = _table(rows)
     n_fronts = _count('n_fronts', n_fronts)
     idx = np.flatnonzero(np.isin(t['source'], ('s', 't')))
     if len(idx) == 0: return np.zeros(0, int), np.zeros(0, int)
-    R = t['R'][idx]
+    R = t['R'][idx][:, _reward_cols(rewards)]
     U = np.sort(np.concatenate(nondominated_sort(R, upper=True)[:n_fronts]))
     L = np.sort(np.concatenate(nondominated_sort(R, upper=False)[:n_fronts]))
     return idx[U], idx[L]
 
 def select_dy_pairs(rows: Sequence[dict], top_k: int = 100, n_fronts: int = 1, same_prompt: bool = True,
-                    require_dynamic_gain: bool = True, min_id_gap: float | None = None) -> list[dict]:
-    "Stage 2 (Sec 3.4): pairs (w ∈ U, l ∈ L) of V_s ∪ V_t videos, ranked by R_id(w) − R_id(l), the top `top_k`."
+                    require_dynamic_gain: bool = True, min_id_gap: float | None = None, rewards: Sequence[str] = REWARDS) -> list[dict]:
+    "Stage 2 (Sec 3.4): pairs (w ∈ U, l ∈ L) of V_s ∪ V_t videos, ranked by R_id(w) − R_id(l), the top `top_k`; fronts on `rewards`."
     t = _table(rows)
     top_k = _count('top_k', top_k)
-    U, L = frontier_sets(rows, n_fronts)
+    U, L = frontier_sets(rows, n_fronts, rewards)
+    require_dynamic_gain = require_dynamic_gain and 'R_dy' in rewards   # without R_dy the selection does not see motion
     w, l = (a.ravel() for a in np.meshgrid(U, L, indexing='ij'))   # all (w, l) ∈ U × L
     ok = w != l
     if same_prompt: ok &= t['code'][w] == t['code'][l]
@@ -188,14 +195,19 @@ def select_dy_pairs(rows: Sequence[dict], top_k: int = 100, n_fronts: int = 1, s
 
 # %% ../nbs/13_selection.ipynb #c9e690b5
 _ID_KW = ('tau_mode', 'same_prompt', 'max_pairs')
-_DY_KW = ('n_fronts', 'same_prompt', 'require_dynamic_gain', 'min_id_gap')
+_DY_KW = ('n_fronts', 'same_prompt', 'require_dynamic_gain', 'min_id_gap', 'rewards')
+PAIRS = ('id+dy', 'id')                                  # Table 2: P_id ∪ P_dy (the method), P_id only
+REWARD_SETS = {'id+dy+sem': REWARDS, 'id+dy': ('R_id', 'R_dy'), 'id': ('R_id',)}   # Table 3: the rewards selection reads
 
-def hybrid_pairs(rows: Sequence[dict], delta: float, tau: float, top_k: int = 100, **kw) -> dict:
-    "P = P_id ∪ P_dy (Sec 3.4) as dict(id=[...], dy=[...]); a ValueError when both are empty."
+def hybrid_pairs(rows: Sequence[dict], delta: float, tau: float, top_k: int = 100, pairs: str = 'id+dy', **kw) -> dict:
+    """P = P_id ∪ P_dy (Sec 3.4) as dict(id=[...], dy=[...]); a ValueError when both are empty. `pairs='id'`: P_dy left
+    empty (Table 2); `rewards` (a subset of REWARDS): without R_dy the tolerance τ and the dynamic gain are not applied (Table 3)."""
     bad = sorted(set(kw) - set(_ID_KW) - set(_DY_KW))
     if bad: raise TypeError(f"hybrid_pairs: unknown keyword(s) {bad}; valid: {sorted(set(_ID_KW + _DY_KW))}")
+    check_choice('pairs', pairs, PAIRS)
+    if 'R_dy' not in kw.get('rewards', REWARDS): tau = math.inf            # R_id only: no dynamic tolerance
     P_id = select_id_pairs(rows, delta, tau, **{k: v for k, v in kw.items() if k in _ID_KW})
-    P_dy = select_dy_pairs(rows, top_k, **{k: v for k, v in kw.items() if k in _DY_KW})
+    P_dy = select_dy_pairs(rows, top_k, **{k: v for k, v in kw.items() if k in _DY_KW}) if pairs == 'id+dy' else []
     src = [r['source'] for r in rows]
     counts = ', '.join(f"{s}: {src.count(s)}" for s in SOURCES)
     n_fr = kw.get('n_fronts', 1)
@@ -205,7 +217,7 @@ def hybrid_pairs(rows: Sequence[dict], delta: float, tau: float, top_k: int = 10
                          f"raise tau. Stage 2 (V_s ∪ V_t) found none with top_k={top_k}, n_fronts={n_fr}: raise n_fronts, "
                          "or set same_prompt=False if few videos share a prompt.")
     if not P_id: warnings.warn(f"hybrid_pairs: stage 1 is empty (delta={delta}, tau={tau}; {counts}): lower delta or raise tau")
-    if not P_dy: warnings.warn(f"hybrid_pairs: stage 2 is empty (top_k={top_k}, n_fronts={n_fr}; {counts}): raise n_fronts")
+    if not P_dy and pairs == 'id+dy': warnings.warn(f"hybrid_pairs: stage 2 is empty (top_k={top_k}, n_fronts={n_fr}; {counts}): raise n_fronts")
     return dict(id=P_id, dy=P_dy)
 
 def pair_table(rows: Sequence[dict], pairs) -> list[dict]:
@@ -233,6 +245,8 @@ class SelectionConfig:
     top_k: int = 100                 # P_dy: pairs kept after ranking by ID gap (Supp A: 100)
     n_fronts: int = 1                # P_dy: non-dominated fronts in the upper and lower sets
     same_prompt: bool = True         # both stages: pair only videos of the same prompt
+    pairs: str = 'id+dy'             # Table 2: 'id+dy' P_id ∪ P_dy (the method), 'id' P_id only (no pairs at all: DreamBooth)
+    rewards: str = 'id+dy+sem'       # Table 3: the rewards the selection reads: 'id', 'id+dy', 'id+dy+sem' (the method)
 
     def __post_init__(self):
         n = 'SelectionConfig'
@@ -241,11 +255,12 @@ class SelectionConfig:
         check_choice(f'{n}.tau_mode', self.tau_mode, TAU_MODES)
         _count(f'{n}.top_k', self.top_k); _count(f'{n}.n_fronts', self.n_fronts)
         if not isinstance(self.same_prompt, bool): raise ValueError(f"{n}.same_prompt={self.same_prompt!r} must be true or false")
+        check_choice(f'{n}.pairs', self.pairs, PAIRS); check_choice(f'{n}.rewards', self.rewards, REWARD_SETS)
 
     def select(self, rows: Sequence[dict]) -> dict:
         "P_id and P_dy of a repository with these settings (`hybrid_pairs`)."
-        return hybrid_pairs(rows, self.delta, self.tau, top_k=self.top_k, tau_mode=self.tau_mode, n_fronts=self.n_fronts,
-                            same_prompt=self.same_prompt)
+        return hybrid_pairs(rows, self.delta, self.tau, top_k=self.top_k, pairs=self.pairs, tau_mode=self.tau_mode, n_fronts=self.n_fronts,
+                            same_prompt=self.same_prompt, rewards=REWARD_SETS[self.rewards])
 
 # %% ../nbs/13_selection.ipynb #ee3b0f4d
 def plot_selection(rows: Sequence[dict], pairs, n_fronts: int = 1, ax=None, title: str | None = None):
