@@ -19,8 +19,7 @@ __all__ = ['RARE_TOKENS', 'PAD', 'UNK', 'BOS', 'EOS', 'SPECIAL_TOKENS', 'MAX_TEX
            'WORLD_STD', 'FRAME_ENCODINGS', 'RETRAIN_COMMAND', 'RATING_QUESTION', 'QWEN2VL_CHAT_TEMPLATE',
            'identity_phrases', 'grammar_words', 'build_tokenizer', 'tiny_clip_config', 'windows', 'to_pixels',
            'check_video', 'check_images', 'check_prompt', 'ClipScorer', 'tiny_clip_dir', 'load_tiny_clip',
-           'semantic_score', 'verify_folder', 'eval_set', 'text_alignment_eval', 'parse_rating', 'VLMRater',
-           'save_tiny_random_vlm']
+           'semantic_score', 'verify_folder', 'eval_set', 'text_alignment_eval', 'parse_rating', 'VLMRater']
 
 # %% ../nbs/05_clip.ipynb #9c0c1225
 RARE_TOKENS = ('sks', 'zwx', 'ohwx', 'pxq', 'bnha', 'qzr', 'vkx', 'jmq', 'xyb', 'tvk', 'wqz', 'fyx', 'kqv', 'hjz', 'ukm', 'dzl')
@@ -440,32 +439,3 @@ class VLMRater:
             return r
         r = parse_rating(self.answer(video, prompt))
         return float(r) if r is not None else self.fallback
-
-# %% ../nbs/05_clip.ipynb #2a9541ec
-def save_tiny_random_vlm(folder, seed: int = 0) -> Path:
-    "A randomly initialised, tiny Qwen2-VL (tokenizer, image processor, chat template) in `folder`: for plumbing tests only."
-    import torch
-    from tokenizers import Tokenizer, models, trainers, pre_tokenizers, decoders
-    from transformers import PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    special = ['<|endoftext|>', '<|im_start|>', '<|im_end|>', '<|vision_start|>', '<|vision_end|>', '<|image_pad|>', '<|video_pad|>']
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False); tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator([RATING_QUESTION, 'system user assistant You are a helpful assistant. 0 1 2 3 4 5 6 7 8 9 10'],
-                            trainers.BpeTrainer(vocab_size=320, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                                show_progress=False))
-    ft = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token='<|im_end|>', pad_token='<|endoftext|>', chat_template=QWEN2VL_CHAT_TEMPLATE)
-    ft.save_pretrained(folder)
-    ids = {t: ft.convert_tokens_to_ids(t) for t in special}
-    cfg = Qwen2VLConfig(
-        text_config=dict(vocab_size=len(ft), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                         num_key_value_heads=1, rope_parameters=dict(rope_type='default', rope_theta=10000., mrope_section=[2, 3, 3]),
-                         bos_token_id=ids['<|endoftext|>'], eos_token_id=ids['<|im_end|>'], pad_token_id=ids['<|endoftext|>']),
-        vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
-        image_token_id=ids['<|image_pad|>'], video_token_id=ids['<|video_pad|>'],
-        vision_start_token_id=ids['<|vision_start|>'], vision_end_token_id=ids['<|vision_end|>'])
-    Qwen2VLForConditionalGeneration(cfg).save_pretrained(folder)
-    Qwen2VLImageProcessorPil(size={'shortest_edge': 56*56, 'longest_edge': 112*112}).save_pretrained(folder)
-    return folder

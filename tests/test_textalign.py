@@ -8,8 +8,9 @@ import pytest
 import torch
 from magicid import world as W
 import magicid.textalign_train
+from magicid.rehearse import save_tiny_random_vlm
 from magicid.textalign import (ClipScorer, VLMRater, build_tokenizer, grammar_words, load_tiny_clip, parse_rating,
-                               save_tiny_random_vlm, semantic_score, tiny_clip_dir, to_pixels, verify_folder, windows)
+                               semantic_score, tiny_clip_dir, to_pixels, verify_folder, windows)
 from magicid.textalign_train import ClipTrainConfig, train_tiny_clip
 
 
@@ -146,7 +147,7 @@ def test_vlm_plumbing(random_vlm, video):
 
 
 def test_vlm_rating_policy(random_vlm, video, monkeypatch):
-    r = VLMRater(random_vlm, max_frames=2, fallback=float('nan'))
+    r = VLMRater(random_vlm, max_frames=2, fallback=float('nan'), mode='answer')   # the parsed-answer reading
     for ans, want in [('8', 8.0), ('I would say 7/10.', 7.0), ('11', 10.0), ('nine', 9.0)]:
         monkeypatch.setattr(r, 'answer', lambda v, p, a=ans: a)
         assert r.rate(video, 'a person nods') == want
