@@ -15,7 +15,7 @@ from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, UniPCMu
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, UMT5Config, UMT5EncoderModel
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-from . import backbone, core, media, world
+from . import backbone, core, hunyuan, media, world
 from .identity import write_random_insightface_pack
 from .textalign import QWEN2VL_CHAT_TEMPLATE, RATING_QUESTION
 
@@ -132,11 +132,7 @@ def write_random_wan(folder, seed: int = 0, scheduler: str = 'unipc') -> Path:
     random_wan_pipeline(scheduler, seed).save_pretrained(folder)
     return folder
 
-def _write_random_hunyuan(folder, seed: int = 0) -> Path:
-    from magicid import hunyuan                                  # HunyuanVideo's writer lives beside its pipeline (10e)
-    return hunyuan.write_random_hunyuan(folder, seed=seed)
-
-BACKBONE_WRITERS = {'wan2.1-t2v-1.3b': write_random_wan, 'hunyuanvideo': _write_random_hunyuan}
+BACKBONE_WRITERS = {'wan2.1-t2v-1.3b': write_random_wan, 'hunyuanvideo': hunyuan.write_random_hunyuan}   # HunyuanVideo's beside its pipeline (10e)
 
 def write_backbone(folder, backbone: str, seed: int = 0) -> Path:
     "A tiny random diffusers folder of the real classes of `backbone` (Wan2.1 or HunyuanVideo)."
