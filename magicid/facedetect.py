@@ -357,7 +357,7 @@ def load_tiny_face_detector(weights_dir=None) -> TinyFaceDetector:
     return TinyFaceDetector(net, meta['threshold'], meta)
 
 class InsightFaceDetector:
-    "SCRFD of a local insightface pack (h100/paper): the largest face's `det_score` and `bbox`, via `InsightFaceEncoder.faces`."
+    "SCRFD of a local insightface pack (h100/paper): the largest face's `det_score` and `bbox`, via `InsightFaceEncoder.largest_face`."
     name = 'insightface-scrfd'
     def __init__(self, pack_dir, det_thresh: float = 0.5):
         self.encoder, self.threshold = InsightFaceEncoder(pack_dir, det_thresh=det_thresh), det_thresh
@@ -366,8 +366,7 @@ class InsightFaceDetector:
         "(score, box) of the largest face per image, or None when SCRFD finds none."
         out = []
         for im in check_images(images):
-            fs = self.encoder.faces(im)
-            f = max(fs, key=lambda f: (f.bbox[2] - f.bbox[0])*(f.bbox[3] - f.bbox[1])) if fs else None
+            f = self.encoder.largest_face(im, embed=False)
             out.append(None if f is None else (float(f.det_score), np.asarray(f.bbox[:4], np.float32)))
         return out
 

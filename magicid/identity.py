@@ -201,12 +201,24 @@ class InsightFaceEncoder(IDEncoder):
             warnings.simplefilter("ignore", FutureWarning)
             return self.app.get(np.ascontiguousarray(image[..., ::-1]))
 
+    def largest_face(self, image: np.ndarray, embed: bool = True):
+        "The largest detected `Face` in `image` (None: none), embedded if `embed`: as in `faces`, without embedding the others."
+        from insightface.app.common import Face
+        bgr = np.ascontiguousarray(image[..., ::-1])
+        boxes, kps = self.app.det_model.detect(bgr, max_num=0, metric='default')   # what FaceAnalysis.get detects
+        if len(boxes) == 0: return None
+        i = int(np.argmax((boxes[:, 2] - boxes[:, 0])*(boxes[:, 3] - boxes[:, 1])))   # first of the largest, as max() over faces
+        f = Face(bbox=boxes[i, :4], kps=None if kps is None else kps[i], det_score=boxes[i, 4])
+        if embed:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                self.app.models['recognition'].get(bgr, f)
+        return f
+
     def largest_face_embedding(self, image: np.ndarray) -> np.ndarray | None:
         "L2-normalised ArcFace embedding of the largest face in `image`, or None when there is no face."
-        fs = self.faces(image)
-        if not fs: return None
-        f = max(fs, key=lambda f: (f.bbox[2] - f.bbox[0])*(f.bbox[3] - f.bbox[1]))
-        return np.asarray(f.normed_embedding, np.float32)
+        f = self.largest_face(image)
+        return None if f is None else np.asarray(f.normed_embedding, np.float32)
 
     def embed(self, images, names=None, kind='image', on_missing='raise') -> np.ndarray:
         "L2-normalised ArcFace embeddings (N, D) of the largest face of each image; no face: `NoFaceError` or a NaN row."

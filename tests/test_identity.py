@@ -160,6 +160,19 @@ def test_pack_loads_through_face_analysis(pack):
     faces = enc.faces(_bright_face())
     assert len(faces) >= 1 and faces[0].kps.shape == (5, 2)
 
+def test_largest_face_is_the_largest_of_all_faces(pack):
+    "`largest_face` embeds only the largest detection: the same box and embedding as the largest of `faces` (all embedded)."
+    enc = InsightFaceEncoder(pack)
+    im = np.zeros((96, 192, 3), np.uint8); im[30:50, 20:40] = 255; im[10:90, 100:180] = 255   # a small and a large bright region
+    fs = enc.faces(im)
+    big = max(fs, key=lambda f: (f.bbox[2] - f.bbox[0])*(f.bbox[3] - f.bbox[1]))
+    f = enc.largest_face(im)
+    assert len(fs) > 1
+    np.testing.assert_array_equal(f.bbox, big.bbox)
+    np.testing.assert_allclose(f.normed_embedding, big.normed_embedding, rtol=1e-6)
+    assert enc.largest_face(im, embed=False).embedding is None
+    assert enc.largest_face(np.zeros((64, 64, 3), np.uint8)) is None
+
 
 def test_pack_no_face_errors_name_the_image(pack):
     enc = InsightFaceEncoder(pack)
