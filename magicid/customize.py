@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_magicid.ipynb #639882e7
 from __future__ import annotations
-import argparse, importlib.metadata, json, os, platform, sys, time
+import argparse, importlib.metadata, json, os, platform, shutil, sys, time
 from dataclasses import dataclass, asdict, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -23,8 +23,9 @@ from .textalign import VLMRater
 from .run import parse_value
 
 # %% auto #0
-__all__ = ['STAGES', 'SHARED', 'SCHEDULES', 'CustomizeConfig', 'load_run_backbone', 'make_rewarder', 'check_refs', 'check_inputs',
-           'check_resumable', 'select_pairs', 'customize', 'silence_progress', 'main']
+__all__ = ['STAGES', 'SHARED', 'SCHEDULES', 'SHAREABLE', 'ABLATIONS', 'CustomizeConfig', 'load_run_backbone', 'make_rewarder',
+           'check_refs', 'check_inputs', 'check_resumable', 'select_pairs', 'customize', 'shares_base',
+           'customize_variant', 'silence_progress', 'main']
 
 # %% ../nbs/15_magicid.ipynb #9ac2b8d3
 STAGES = dict(initial=DreamBoothConfig, repository=RepositoryConfig, selection=SelectionConfig,
@@ -271,6 +272,30 @@ def customize(refs, out, cfg: CustomizeConfig, prompts: Sequence[str] | None = N
     atomic_write(out/'run.json', json.dumps({k: v for k, v in rec.items() if k != 'hpo_log'}, indent=1, default=str))
     core.save_table(rec['hpo_log'], out/'hpo_log.csv') if rec['hpo_log'] else None
     return rec | dict(pipe=pipe)
+
+# %% ../nbs/15_magicid.ipynb #28aa2a65
+SHAREABLE = frozenset({'selection.delta', 'selection.tau', 'selection.tau_mode', 'selection.top_k', 'selection.n_fronts',
+                       'selection.same_prompt', 'selection.pairs', 'selection.rewards', 'hpo.beta', 'hpo.steps', 'hpo.lr',
+                       'hpo.batch_size', 'hpo.rank', 'schedule', 'stage1_fraction', 'resample_vt', 'save_every', 'n_samples'})
+ABLATIONS = {                                         # Sec 4.3: name -> the settings it changes in the full method
+    'ID pairs only': {'selection.pairs': 'id'},        # Table 2, row 2 (row 1: no pairs = DreamBooth; row 3: MagicID)
+    'R_id': {'selection.rewards': 'id'},               # Table 3, row 1
+    'R_id + R_dy': {'selection.rewards': 'id+dy'},     # Table 3, row 2 (row 3: R_id + R_dy + R_sem = MagicID)
+}
+
+def shares_base(overrides: dict) -> bool:
+    "Whether a variant changes only settings read after the repository (so it may start from the base run's stages 1–3)."
+    return set(overrides) <= SHAREABLE
+
+def customize_variant(refs, out, base_dir, cfg: CustomizeConfig, **kw) -> dict:
+    "`customize(refs, out, cfg)` starting from a copy of the initial LoRA and repository of the run in `base_dir`."
+    out, base_dir = Path(out), Path(base_dir)
+    for sub in ('initial_lora', 'repository'):
+        if (out/sub).exists(): continue
+        if not (base_dir/sub).is_dir(): raise FileNotFoundError(f"base_dir={str(base_dir)!r}: no {sub}/ (run customize there first)")
+        tmp = out/f'.{sub}.copy'                                        # a half copy is never taken for a stage
+        shutil.rmtree(tmp, ignore_errors=True); shutil.copytree(base_dir/sub, tmp); os.replace(tmp, out/sub)
+    return customize(refs, out, cfg, **kw)
 
 # %% ../nbs/15_magicid.ipynb #89d9abd3
 def _parser():

@@ -92,27 +92,37 @@ def _score(videos, prompts, person: Person, inst: metrics.Instruments) -> tuple[
     feats = inst.video_features.features(np.stack(videos)) if inst.video_features is not None else None
     return rows, feats
 
-def evaluate_people(people: Sequence[Person], prompts: Sequence[str], generate: Callable[[Person], dict],
+def _merge_npz(path: Path, arrays: dict):
+    "Write `arrays` into the npz file `path` beside the arrays it holds (same name: replaced), atomically."
+    if not arrays: return
+    arrays = {**(dict(np.load(path)) if path.is_file() else {}), **arrays}
+    with core.atomic_path(path) as tmp:
+        with open(tmp, 'wb') as fh: np.savez(fh, **arrays)
+
+def evaluate_people(people: Sequence[Person], prompts: Sequence[str], generate: Callable[..., dict],
                     instruments: Callable[[], metrics.Instruments], work_dir, state: PartialState | None = None,
-                    keep: int = 0, progress: bool = True) -> dict | None:
+                    keep: int = 0, progress: bool = True, methods: Sequence[str] | None = None) -> dict | None:
     """Each process scores its share of `people`; rank 0 returns {method: dict(rows, features, kept)} over all people, in
-    order (`kept`: the first `keep` videos of each person, {name: uint8 array}, for figures)."""
+    order (`kept`: the first `keep` videos of each person, {name: uint8 array}, for figures). Without `methods`,
+    `generate(person)` gives every method at once; with them, `generate(person, missing)` gives the methods a person's
+    files lack, so a method added later is computed alone and the others are read back."""
     state, work_dir = state or process_state(), Path(work_dir)
     inst = None
     for person in tqdm(my_share(people, state), desc=f'people (rank {state.process_index})', disable=not progress):
         d = work_dir/person.name
-        if (d/'scores.json').is_file(): continue                   # done in an earlier run
-        videos = generate(person)
+        done = json.loads((d/'scores.json').read_text())['rows'] if (d/'scores.json').is_file() else None
+        if done is not None and methods is None: continue          # done in an earlier run
+        missing = [m for m in (methods or []) if m not in (done or {})]
+        if methods is not None and not missing: continue
+        videos = generate(person) if methods is None else generate(person, missing)
+        if methods is not None and sorted(videos) != sorted(missing):
+            raise ValueError(f"generate({person.name!r}, {missing}) returned the methods {sorted(videos)}: it must return exactly those asked")
         inst = inst or instruments()
         out = {m: _score(v, prompts, person, inst) for m, v in videos.items()}
-        feats = {m: f for m, (_, f) in out.items() if f is not None}
-        if keep:
-            with core.atomic_path(d/'videos.npz') as tmp:
-                with open(tmp, 'wb') as fh: np.savez(fh, **{m: np.stack(v[:keep]) for m, v in videos.items()})
-        if feats:
-            with core.atomic_path(d/'features.npz') as tmp:
-                with open(tmp, 'wb') as fh: np.savez(fh, **feats)
-        core.atomic_write(d/'scores.json', json.dumps(dict(rank=state.process_index, rows={m: r for m, (r, _) in out.items()}), default=float))
+        if keep: _merge_npz(d/'videos.npz', {m: np.stack(v[:keep]) for m, v in videos.items()})
+        _merge_npz(d/'features.npz', {m: f for m, (_, f) in out.items() if f is not None})
+        rows = {**(done or {}), **{m: r for m, (r, _) in out.items()}}     # scores.json last: what it names is complete
+        core.atomic_write(d/'scores.json', json.dumps(dict(rank=state.process_index, rows=rows), default=float))
     state.wait_for_everyone()
     if not state.is_main_process: return None
     res = {}
@@ -122,12 +132,13 @@ def evaluate_people(people: Sequence[Person], prompts: Sequence[str], generate: 
         feats = dict(np.load(d/'features.npz')) if (d/'features.npz').is_file() else {}
         kept = dict(np.load(d/'videos.npz')) if (d/'videos.npz').is_file() else {}
         for m, r in rows.items():
+            if methods is not None and m not in methods: continue
             res.setdefault(m, dict(rows=[], features=[], kept={}))
             res[m]['rows'] += r
             if m in feats: res[m]['features'].append(feats[m])
             if m in kept: res[m]['kept'][person.name] = kept[m]
     for m in res: res[m]['features'] = np.concatenate(res[m]['features']) if res[m]['features'] else None
-    return res
+    return res if methods is None else {m: res[m] for m in methods}
 
 def summarize(result: dict, real_features: np.ndarray | None = None, n_boot: int = 2000, seed: int = 0) -> dict:
     "{metric: {mean, lo, hi, n_groups, n}} of one method's rows, intervals over people; FVD (jackknife over people) with `real_features`."

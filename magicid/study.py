@@ -4,28 +4,20 @@
 
 # %% ../nbs/16_study.ipynb #840488c6
 from __future__ import annotations
-import json, shutil
+import json
 from pathlib import Path
 from typing import Sequence
 import numpy as np
 from . import core, metrics
 from .core import atomic_write, sha256_file
-from .customize import CustomizeConfig, customize, load_run_backbone
+from .customize import CustomizeConfig, SHAREABLE, customize, customize_variant, load_run_backbone, shares_base
 from .lora import load_lora
 from .metrics import bootstrap_ci
 
 # %% auto #0
-__all__ = ['SHAREABLE', 'METRICS', 'shares_base', 'check_variants', 'compare_settings', 'summarize']
+__all__ = ['METRICS', 'check_variants', 'compare_settings', 'summarize']
 
 # %% ../nbs/16_study.ipynb #d361155f
-SHAREABLE = frozenset({'selection.delta', 'selection.tau', 'selection.tau_mode', 'selection.top_k', 'selection.n_fronts',
-                       'selection.same_prompt', 'hpo.beta', 'hpo.steps', 'hpo.lr', 'hpo.batch_size', 'hpo.rank', 'schedule',
-                       'stage1_fraction', 'resample_vt', 'save_every', 'n_samples'})
-
-def shares_base(overrides: dict) -> bool:
-    "Whether a variant changes only settings read after the repository (so it may start from the base run's stages 1–3)."
-    return set(overrides) <= SHAREABLE
-
 def check_variants(variants: dict, scale: str = 'tiny') -> dict[str, CustomizeConfig]:
     "The `CustomizeConfig` of every variant; errors name the variant and the bad setting."
     if not isinstance(variants, dict) or not variants:
@@ -74,9 +66,9 @@ def compare_settings(refs: dict, prompts: Sequence[str], variants: dict, work_di
         for name, cfg in cfgs.items():
             run_dir = Path(work_dir)/str(ident)/name
             shared = name != base and shares_base(variants[name])
-            if shared and not run_dir.exists():                 # stages 1–3 of the base run, copied
-                for sub in ('initial_lora', 'repository'): shutil.copytree(Path(work_dir)/str(ident)/base/sub, run_dir/sub)
-            rec = customize(r, run_dir, cfg, progress=False, log=lambda *a: None)
+            quiet = dict(progress=False, log=lambda *a: None)
+            rec = (customize_variant(r, run_dir, Path(work_dir)/str(ident)/base, cfg, **quiet) if shared   # stages 1–3 of the base run, copied
+                   else customize(r, run_dir, cfg, **quiet))
             s = seed + 10_000*k
             kw = dict(steps=cfg.repository.sample_steps, cfg_scale=cfg.repository.cfg_scale, seed=s, eta=cfg.repository.eta)
             def key(lora): return None if own_inst else dict(kw, prompts=list(prompts), weights=_weights_key(lora))
