@@ -161,12 +161,15 @@ def write_inputs(root, cfg: core.ScaleConfig, seed: int = 0) -> dict[str, str]:
 
 # %% ../nbs/91_rehearse.ipynb #d4ee70f6
 def load_rehearsal(path=None) -> dict:
-    "The rehearsal's changes (`nbs/params/rehearse.yaml`): {'settings': {...}, 'notebooks': {...}}."
+    "The rehearsal's changes (`nbs/params/rehearse.yaml`): {'settings': {...}, 'notebooks': {...}, 'scales': {scale: notebooks}}."
     path = Path(path or core.params_dir()/'rehearse.yaml')
     raw = core._read_yaml(path)
-    bad = sorted(set(raw) - {'description', 'settings', 'notebooks'})
-    if bad: raise ValueError(f"{path}: unknown top-level keys {bad}; valid: description, settings, notebooks")
-    return dict(settings=raw.get('settings') or {}, notebooks=raw.get('notebooks') or {})
+    bad = sorted(set(raw) - {'description', 'settings', 'notebooks', 'scales'})
+    if bad: raise ValueError(f"{path}: unknown top-level keys {bad}; valid: description, settings, notebooks, scales")
+    scales = raw.get('scales') or {}
+    bad = sorted(set(scales) - set(core.REAL_SCALES))
+    if bad: raise ValueError(f"{path}: scales: unknown {bad}; valid: {', '.join(core.REAL_SCALES)}")
+    return dict(settings=raw.get('settings') or {}, notebooks=raw.get('notebooks') or {}, scales=scales)
 
 def rehearsal_params(scale: str, inputs: dict, folder, rehearsal: dict | None = None) -> Path:
     "Write `folder/<scale>.yaml` (the scale with the rehearsal's settings, notebooks and `inputs`) and `folder/chain.yaml`."
@@ -174,9 +177,11 @@ def rehearsal_params(scale: str, inputs: dict, folder, rehearsal: dict | None = 
     cfg, r = core.load_scale(scale), rehearsal or load_rehearsal()
     settings = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in ('name', 'description', 'notebooks')}
     settings |= r['settings'] | inputs
+    nbs = {nb: {**(r['notebooks'].get(nb) or {}), **(extra or {})} for nb, extra in ({**dict.fromkeys(r['notebooks']),
+           **((r.get('scales') or {}).get(scale) or {})}).items()}   # a scale's own entries (e.g. a method it lacks) win
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     core.atomic_write(folder/f'{scale}.yaml', yaml.safe_dump(dict(description=f'rehearsal of {scale}: {cfg.description}',
-                                                                  settings=settings, notebooks=r['notebooks']), sort_keys=False))
+                                                                  settings=settings, notebooks=nbs), sort_keys=False))
     core.atomic_write(folder/'chain.yaml', yaml.safe_dump(dict(chain=core.load_chain())))
     core.load_scale(scale, folder)                              # validated as any scale file
     return folder
