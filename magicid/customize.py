@@ -24,8 +24,8 @@ from .run import parse_value
 
 # %% auto #0
 __all__ = ['STAGES', 'SHARED', 'SCHEDULES', 'SHAREABLE', 'ABLATIONS', 'CustomizeConfig', 'load_run_backbone', 'make_rewarder',
-           'check_refs', 'check_inputs', 'check_resumable', 'select_pairs', 'customize', 'shares_base',
-           'customize_variant', 'silence_progress', 'main']
+           'check_refs', 'check_inputs', 'check_resumable', 'select_pairs', 'customize', 'shares_base', 'copy_stage',
+           'customize_variant', 'dreambooth_baseline', 'silence_progress', 'main']
 
 # %% ../nbs/15_magicid.ipynb #9ac2b8d3
 STAGES = dict(initial=DreamBoothConfig, repository=RepositoryConfig, selection=SelectionConfig,
@@ -287,15 +287,25 @@ def shares_base(overrides: dict) -> bool:
     "Whether a variant changes only settings read after the repository (so it may start from the base run's stages 1–3)."
     return set(overrides) <= SHAREABLE
 
+def copy_stage(src, dst) -> Path:
+    "Copy the stage folder `src` to `dst` unless `dst` exists; a half copy is never taken for a stage (copied aside, then renamed)."
+    src, dst = Path(src), Path(dst)
+    if dst.exists(): return dst
+    if not src.is_dir(): raise FileNotFoundError(f"{str(src)!r}: no such stage folder (run customize there first)")
+    tmp = dst.parent/f'.{dst.name}.copy'
+    shutil.rmtree(tmp, ignore_errors=True); shutil.copytree(src, tmp); os.replace(tmp, dst)
+    return dst
+
 def customize_variant(refs, out, base_dir, cfg: CustomizeConfig, **kw) -> dict:
     "`customize(refs, out, cfg)` starting from a copy of the initial LoRA and repository of the run in `base_dir`."
-    out, base_dir = Path(out), Path(base_dir)
-    for sub in ('initial_lora', 'repository'):
-        if (out/sub).exists(): continue
-        if not (base_dir/sub).is_dir(): raise FileNotFoundError(f"base_dir={str(base_dir)!r}: no {sub}/ (run customize there first)")
-        tmp = out/f'.{sub}.copy'                                        # a half copy is never taken for a stage
-        shutil.rmtree(tmp, ignore_errors=True); shutil.copytree(base_dir/sub, tmp); os.replace(tmp, out/sub)
+    for sub in ('initial_lora', 'repository'): copy_stage(Path(base_dir)/sub, Path(out)/sub)
     return customize(refs, out, cfg, **kw)
+
+def dreambooth_baseline(refs, run_dir, cfg: CustomizeConfig, steps: int, progress: bool = False):
+    "DreamBooth trained for `steps`: the run's initial LoRA training continued from its checkpoint in `run_dir/dreambooth` (resumable)."
+    d, pipe = copy_stage(Path(run_dir)/'initial_lora', Path(run_dir)/'dreambooth'), load_run_backbone(cfg)
+    dreambooth.train_lora(pipe, refs, replace(cfg.initial, steps=steps), d, progress=progress, log=None)
+    return pipe
 
 # %% ../nbs/15_magicid.ipynb #89d9abd3
 def _parser():
