@@ -33,18 +33,25 @@ def _tiny_chain_files() -> set[str]:
     out = subprocess.run(['git', 'ls-files', 'reports/tiny'], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     return {Path(p).name for p in out.split()}
 
-@pytest.mark.parametrize('scale', core.REAL_SCALES)
-def test_rehearsal_end_to_end(scale, tmp_path):
-    "`magicid-run --scale SCALE --rehearse` exits 0, lists what it wrote, and writes every file of the tiny chain."
-    r = subprocess.run([RUN, '--scale', scale, '--rehearse', '--no-progress'], capture_output=True, text=True,
-                       env={**os.environ, 'MAGICID_REPORTS_DIR': str(tmp_path)})
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    out = tmp_path/f'rehearse-{scale}'
-    written = {p.name for p in out.rglob('*') if p.is_file()}
-    listed = {Path(l.strip()).name for l in r.stdout.splitlines() if l.startswith('  rehearse-')}
-    assert listed == written
-    summary = json.loads((tmp_path/'runs'/f'rehearse-{scale}'/'summary.json').read_text())
-    assert [n['notebook'] for n in summary['notebooks']] == core.load_chain()
-    assert not (tmp_path/scale).exists()                      # the rehearsal never writes the real scale's reports
-    missing = sorted(_tiny_chain_files() - written)
-    assert not missing, f"the rehearsal of {scale} did not write: {missing}"
+def test_rehearsals_end_to_end(tmp_path):
+    """`magicid-run --scale SCALE --rehearse` exits 0 for both real scales, lists what it wrote, and writes every file of
+    the tiny chain. The two run side by side, one torch thread each: their tiny models leave a core mostly idle while
+    kernels start and libraries import, so together they take little more than one alone on this 2-core machine."""
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
+    procs = {s: subprocess.Popen([RUN, '--scale', s, '--rehearse', '--no-progress'], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, env={**env, 'MAGICID_REPORTS_DIR': str(tmp_path/s)}) for s in core.REAL_SCALES}
+    outs = {s: p.communicate() for s, p in procs.items()}
+    tiny = _tiny_chain_files()
+    for scale, p in procs.items():
+        stdout, stderr = outs[scale]
+        assert p.returncode == 0, f"{scale}: " + stdout[-3000:] + stderr[-3000:]
+        root = tmp_path/scale
+        out = root/f'rehearse-{scale}'
+        written = {q.name for q in out.rglob('*') if q.is_file()}
+        listed = {Path(l.strip()).name for l in stdout.splitlines() if l.startswith('  rehearse-')}
+        assert listed == written, scale
+        summary = json.loads((root/'runs'/f'rehearse-{scale}'/'summary.json').read_text())
+        assert [n['notebook'] for n in summary['notebooks']] == core.load_chain()
+        assert not (root/scale).exists()                      # the rehearsal never writes the real scale's reports
+        missing = sorted(tiny - written)
+        assert not missing, f"the rehearsal of {scale} did not write: {missing}"
