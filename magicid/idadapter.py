@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
@@ -311,8 +312,8 @@ def check_consisid(folder) -> Path:
 def load_consisid(folder, device: str = 'cuda', dtype: torch.dtype = torch.bfloat16) -> dict:
     "diffusers' `ConsisIDPipeline` and its face models (`prepare_face_models`) from a checked local folder."
     folder = check_consisid(folder)
-    from diffusers import ConsisIDPipeline                                 # here: the face utilities import facexlib, EVA-CLIP
-    from diffusers.pipelines.consisid.consisid_utils import prepare_face_models
+    from diffusers import ConsisIDPipeline                                 # lazy: only at h100/paper, after the check
+    from diffusers.pipelines.consisid.consisid_utils import prepare_face_models   # lazy: it raises ImportError without facexlib, EVA-CLIP
     pipe = ConsisIDPipeline.from_pretrained(folder, torch_dtype=dtype).to(device)
     names = ('face_helper_1', 'face_helper_2', 'face_clip_model', 'face_main_model', 'eva_mean', 'eva_std')
     return dict(pipe=pipe, device=device, dtype=dtype, **dict(zip(names, prepare_face_models(str(folder), device, dtype))))
@@ -320,8 +321,7 @@ def load_consisid(folder, device: str = 'cuda', dtype: torch.dtype = torch.bfloa
 def consisid_generate(cid: dict, refs, prompts: Sequence[str], seed: int = 0, steps: int = 50, cfg_scale: float = 6.0,
                       num_frames: int = 49) -> list[np.ndarray]:
     "ConsisID from the first reference image (it takes one; the paper compares with one reference): one uint8 video per prompt."
-    from PIL import Image
-    from diffusers.pipelines.consisid.consisid_utils import process_face_embeddings_infer
+    from diffusers.pipelines.consisid.consisid_utils import process_face_embeddings_infer   # lazy: as in load_consisid
     ref = Image.fromarray(load_images(refs, 'refs')[0])
     id_cond, id_vit, image, kps = process_face_embeddings_infer(cid['face_helper_1'], cid['face_clip_model'], cid['face_helper_2'],
                                                                 cid['eva_mean'], cid['eva_std'], cid['face_main_model'],
