@@ -12,9 +12,9 @@ import yaml
 from . import core, rehearse
 
 # %% auto #0
-__all__ = ['NOTEBOOK_INPUTS', 'INPUT_LAYOUTS', 'OPTIONAL_INPUTS', 'notebook_parameters', 'check_value', 'parse_value', 'Step',
-           'effective_scale', 'plan', 'input_layout', 'check_input', 'needed_inputs', 'preflight', 'PreflightError',
-           'ChainError', 'run_chain', 'main']
+__all__ = ['RUNNER_SET', 'NOTEBOOK_INPUTS', 'INPUT_LAYOUTS', 'OPTIONAL_INPUTS', 'notebook_parameters', 'check_value',
+           'parse_value', 'Step', 'effective_scale', 'plan', 'input_layout', 'check_input', 'needed_inputs',
+           'preflight', 'PreflightError', 'ChainError', 'run_chain', 'main']
 
 # %% ../nbs/90_run.ipynb #74a8765f
 def notebook_parameters(path: str | os.PathLike) -> dict[str, Any]:
@@ -89,6 +89,9 @@ def effective_scale(scale: str, settings: Sequence[str] = (), params: str | os.P
 # The settings' own names map to themselves, so a notebook may declare `identities_dir`, `eval_prompts`, ... and get
 # them. `weights_dir` is not mapped: notebooks 02b, 06 and 10c use a parameter of that name for their own tiny
 # weights; the backbone's folder reaches the notebooks through core.load_scale (backbone.load_scale_backbone).
+# What the runner passes, never a scale file or -p: the scale, the staging folder a notebook writes to, and (to a
+# notebook that declares it: 19_paperindex) the folder the chain's files end up in.
+RUNNER_SET = ('scale', 'reports_dir', 'index_dir')
 NOTEBOOK_INPUTS = {'pack_dir': 'reward_id_pack', 'insightface_pack': 'eval_id_pack',
                    **{s: s for s in core.REAL_INPUTS if s != 'weights_dir'}}
 
@@ -134,9 +137,9 @@ def plan(scale: str, settings: Sequence[str] = (), overrides: Sequence[str] = ()
     for nb in chain:
         if only and nb not in only: continue
         for name, v in values[nb].items():
-            if name in ('scale', 'reports_dir'): raise ValueError(f"{nb}: {name!r} is set by the runner, not by a scale file or -p")
+            if name in RUNNER_SET: raise ValueError(f"{nb}: {name!r} is set by the runner, not by a scale file or -p")
             if name not in declared[nb]:
-                valid = [q for q in declared[nb] if q not in ('scale', 'reports_dir')]
+                valid = [q for q in declared[nb] if q not in RUNNER_SET]
                 raise ValueError(f"{nb}: unknown parameter {name!r}; valid parameters: {', '.join(valid)}")
             check_value(nb, name, v, declared[nb][name])
         steps.append(Step(nb, nbs/f'{nb}.ipynb', values[nb]))
@@ -356,7 +359,8 @@ def run_chain(scale: str = 'tiny', settings: Sequence[str] = (), overrides: Sequ
             t0 = time.time()
             try:
                 pm.execute_notebook(str(step.path), str(executed), kernel_name=kernel_name, progress_bar=progress,
-                                    parameters={**step.parameters, 'scale': scale, 'reports_dir': str(stage)},
+                                    parameters={**step.parameters, 'scale': scale, 'reports_dir': str(stage),
+                                                **({'index_dir': str(dest)} if 'index_dir' in notebook_parameters(step.path) else {})},
                                     cwd=str(step.path.parent))
             except PapermillExecutionError as e:
                 shutil.rmtree(stage, ignore_errors=True)

@@ -11,7 +11,10 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+import numpy as np
+from PIL import Image
 from .core import atomic_path, atomic_write, check_choice, check_number, sha256_file
+from .media import save_video
 
 CRITERIA = {   # Sec 4.3's four criteria: key -> (label, the question a rater answers)
     'id_consistency': ('ID Consistency', 'In which video does the person look most like the reference images?'),
@@ -28,7 +31,7 @@ SLOTS = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ'                 # the anonymous names of th
 # %% auto #0
 __all__ = ['CRITERIA', 'IMAGE_SUFFIXES', 'VIDEO_SUFFIXES', 'CONTENT_TYPES', 'SLOTS', 'SCHEMA', 'PAGE', 'init_db', 'transaction',
            'make_study', 'load_study', 'add_raters', 'rater_links', 'Refused', 'next_set', 'cast_vote', 'StudyServer',
-           'make_server', 'serve_in_thread', 'serve', 'main', 'vote_shares', 'plot_fig8']
+           'make_server', 'serve_in_thread', 'serve', 'main', 'vote_shares', 'plot_fig8', 'run_sets']
 
 # %% ../nbs/17_userstudy.ipynb #3169f4ab
 SCHEMA = """
@@ -407,3 +410,35 @@ def plot_fig8(rows: Sequence[dict], title: str = 'User study (Fig 8)', ax=None):
 
 
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())   # python -m magicid.userstudy (not in a notebook)
+
+# %% ../nbs/17_userstudy.ipynb #d56585bb
+def run_sets(scores_dir, people: Sequence, prompts: Sequence[str], folder, methods: Sequence[str] | None = None,
+             n_sets: int = 40) -> list[dict]:
+    """Sets of the study of an evaluation run: for each of `people` (objects with `.name`, `.refs` uint8 K×H×W×3) in
+    order, the j-th kept video of every method in `scores_dir/<name>/videos.npz` shows `prompts[j]`; files are written
+    under `folder`. `methods`: those shown (default: every method kept for all these people). People without kept
+    videos are skipped; at most `n_sets` sets."""
+    check_number('n_sets', n_sets, 1, integer=True)
+    scores_dir, folder = Path(scores_dir), Path(folder)
+    if not scores_dir.is_dir(): raise FileNotFoundError(f"{scores_dir}: no such folder; it is <work_dir>/scores of a 15_magicid run")
+    kept = {p.name: np.load(scores_dir/p.name/'videos.npz') for p in people if (scores_dir/p.name/'videos.npz').is_file()}
+    if not kept: raise FileNotFoundError(f"{scores_dir}: no person has kept videos (<person>/videos.npz); run 15_magicid first")
+    common = [m for m in next(iter(kept.values())).files if all(m in k.files for k in kept.values())]
+    methods = list(methods) if methods is not None else common
+    for m in methods: check_choice('study method', m, common)
+    if len(methods) < 2: raise ValueError(f"study methods {methods}: a set compares at least 2 methods; kept for every person: {common}")
+    sets = []
+    for p in people:
+        if p.name not in kept: continue
+        n = min(len(kept[p.name][m]) for m in methods)
+        if n > len(prompts): raise ValueError(f"{p.name}: {n} kept videos, only {len(prompts)} prompts given")
+        d = folder/f'person_{p.name}'; d.mkdir(parents=True, exist_ok=True)
+        refs = []
+        for k, im in enumerate(p.refs):
+            with atomic_path(d/f'ref{k}.png') as t: Image.fromarray(np.asarray(im, np.uint8)).save(t, format='png')
+            refs.append(d/f'ref{k}.png')
+        for j in range(n):
+            if len(sets) == n_sets: return sets
+            sets.append(dict(set_id=f'{p.name}-{j}', prompt=prompts[j], refs=refs,
+                             videos={m: save_video(kept[p.name][m][j], d/f'{j}_{i}.gif') for i, m in enumerate(methods)}))
+    return sets

@@ -20,6 +20,7 @@ def _cli(*args, env=None):
     (['--scale', 'smoke', '--set', 'lr=fast'], "lr='fast' must be a number"),
     (['--scale', 'smoke', '--set', 'gpus=8'], "--set setting='gpus' is not valid; choose one of: device"),
     (['--scale', 'smoke', '--only', '99_nothing'], "--only notebook='99_nothing' is not valid; choose one of: 01_dpo"),
+    (['--scale', 'smoke', '-p', '19_paperindex.index_dir=x'], "19_paperindex: 'index_dir' is set by the runner, not by a scale file or -p"),
 ])
 def test_cli_rejects_bad_names(args, message):
     r = _cli(*args)
@@ -65,7 +66,8 @@ def test_smoke_chain_end_to_end(tmp_path):
     for name in ('world_actions.png', 'world_flow_check.md', 'dpo_optimal_policy.png', 'dpo_bradley_terry.png', 'dpo_jensen_gap.png', 'dpo_kl_is_eps_error.png',
                  'dpo_sign_conventions.png', 'dpo_toy_experiment.png', 'dpo_checks.md', 'dpo_toy_experiment.md',
                  'backbone_acceptance.md', 'backbone_grid_actions.png', 'fig2b_dreambooth_dynamics.png', 'selection_frontiers.png',
-                 'hpo_sanity.png', 'magicid_vs_dreambooth.md', 'magicid_samples.png'):
+                 'hpo_sanity.png', 'magicid_vs_dreambooth.md', 'magicid_samples.png', 'table2_pair_selection.md', 'fig2_both_methods.png',
+                 'fig8_user_study_TEST_VOTES.png', 'user_study_status.md', 'README.md'):
         assert (out/name).stat().st_size > 0, name
     summary = json.loads((tmp_path/'runs'/'smoke'/'summary.json').read_text())
     assert [n['notebook'] for n in summary['notebooks']] == core.load_chain()
