@@ -122,7 +122,7 @@ def seed_everything(seed: int) -> int:
 # %% ../nbs/00_core.ipynb #927e30c0
 REAL_SCALES = ('h100', 'paper')   # the rungs that load real models and data from local folders
 REAL_INPUTS = ('weights_dir', 'reward_id_pack', 'eval_id_pack', 'clip_dir', 'vlm_dir', 'i3d_path', 'raft_weights',
-               'identities_dir', 'eval_prompts', 'real_videos_dir')   # the settings that name them (ScaleConfig)
+               'identities_dir', 'eval_prompts', 'real_videos_dir', 'consisid_dir')   # the settings that name them (ScaleConfig)
 
 @dataclass
 class ScaleConfig:
@@ -144,6 +144,7 @@ class ScaleConfig:
     identities_dir: str | None = None   # folder with one sub-folder of reference photos (png/jpg) per person
     eval_prompts: str | None = None     # prompt file, one a line with 'a person' (# lines skipped); None: data/prompts/eval_real.txt at h100/paper
     real_videos_dir: str | None = None  # folder of real videos (mp4, gif, npy, ...) for FVD
+    consisid_dir: str | None = None     # ConsisID-preview folder (diffusers layout + face_encoder/): read only when 15_magicid's baselines name 'ConsisID'
     n_prompts: int = 20              # prompts of the preference repository (Supp A: 20)
     n_videos_lora: int = 100         # |V_t|: videos of the initial LoRA model (Supp A: 100)
     n_videos_orig: int = 20          # |V_s|: videos of the original model (Supp A: 20)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib.util, json
 from dataclasses import dataclass, asdict
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
@@ -28,7 +28,7 @@ from .media import load_images
 __all__ = ['TRAIN_SPLITS', 'ADAPTER_FILE', 'LORA_NAME', 'CONSISID_FILES', 'CONSISID_PACKAGES', 'IDAdapterConfig',
            'reward_encoder', 'id_embedding', 'text_width', 'IDAdapter', 'id_tokens', 'save_idadapter', 'load_idadapter',
            'training_pool', 'train_idadapter', 'idadapter_generate', 'zero_shot_check', 'check_consisid',
-           'load_consisid', 'consisid_generate']
+           'load_consisid', 'consisid_faces', 'consisid_sample', 'consisid_generate']
 
 # %% ../nbs/18b_idadapter.ipynb #00000007
 TRAIN_SPLITS = ('pretrain', 'instrument')   # never 'dev' (settings are chosen there) nor 'eval' (held out for Table 1)
@@ -318,18 +318,32 @@ def load_consisid(folder, device: str = 'cuda', dtype: torch.dtype = torch.bfloa
     names = ('face_helper_1', 'face_helper_2', 'face_clip_model', 'face_main_model', 'eva_mean', 'eva_std')
     return dict(pipe=pipe, device=device, dtype=dtype, **dict(zip(names, prepare_face_models(str(folder), device, dtype))))
 
+def consisid_faces(cid: dict, ref) -> dict:
+    "ConsisID's face conditions of one reference image (uint8 H×W×3), from its face models: dict(image, id_cond, id_vit_hidden, kps_cond)."
+    from diffusers.pipelines.consisid.consisid_utils import process_face_embeddings_infer   # lazy: as in load_consisid
+    id_cond, id_vit, image, kps = process_face_embeddings_infer(cid['face_helper_1'], cid['face_clip_model'], cid['face_helper_2'],
+                                                                cid['eva_mean'], cid['eva_std'], cid['face_main_model'],
+                                                                cid['device'], cid['dtype'], Image.fromarray(np.asarray(ref, np.uint8)),
+                                                                is_align_face=True)
+    return dict(image=image, id_cond=id_cond, id_vit_hidden=id_vit, kps_cond=kps)
+
+def consisid_sample(pipe, faces: Mapping, prompts: Sequence[str], seed: int = 0, steps: int = 50, cfg_scale: float = 6.0,
+                    num_frames: int = 49, height: int = 480, width: int = 720, max_sequence_length: int = 226) -> list[np.ndarray]:
+    """One uint8 video (F, H, W, 3) per prompt from the `ConsisIDPipeline` `pipe` and the face conditions `faces`
+    (`consisid_faces`); prompt i draws its noise with seed + i. ConsisID-preview draws 480 × 720 (its learned position
+    embedding), 4k+1 frames."""
+    if (num_frames - 1) % 4: raise ValueError(f"num_frames={num_frames}: ConsisID's VAE takes 4k+1 frames (e.g. 49)")
+    dev = pipe._execution_device
+    out = []
+    for i, p in enumerate([prompts] if isinstance(prompts, str) else prompts):
+        v = pipe(image=faces['image'], prompt=p, num_inference_steps=steps, guidance_scale=cfg_scale, num_frames=num_frames,
+                 height=height, width=width, id_vit_hidden=faces['id_vit_hidden'], id_cond=faces['id_cond'], kps_cond=faces.get('kps_cond'),
+                 max_sequence_length=max_sequence_length, output_type='np', generator=torch.Generator(dev).manual_seed(seed + i)).frames[0]
+        out.append((np.clip(v, 0, 1)*255).round().astype(np.uint8))
+    return out
+
 def consisid_generate(cid: dict, refs, prompts: Sequence[str], seed: int = 0, steps: int = 50, cfg_scale: float = 6.0,
                       num_frames: int = 49) -> list[np.ndarray]:
     "ConsisID from the first reference image (it takes one; the paper compares with one reference): one uint8 video per prompt."
-    from diffusers.pipelines.consisid.consisid_utils import process_face_embeddings_infer   # lazy: as in load_consisid
-    ref = Image.fromarray(load_images(refs, 'refs')[0])
-    id_cond, id_vit, image, kps = process_face_embeddings_infer(cid['face_helper_1'], cid['face_clip_model'], cid['face_helper_2'],
-                                                                cid['eva_mean'], cid['eva_std'], cid['face_main_model'],
-                                                                cid['device'], cid['dtype'], ref, is_align_face=True)
-    out = []
-    for i, p in enumerate([prompts] if isinstance(prompts, str) else prompts):
-        v = cid['pipe'](image=image, prompt=p, num_inference_steps=steps, guidance_scale=cfg_scale, num_frames=num_frames,
-                        id_vit_hidden=id_vit, id_cond=id_cond, kps_cond=kps, output_type='np',
-                        generator=torch.Generator(cid['device']).manual_seed(seed + i)).frames[0]
-        out.append((np.clip(v, 0, 1)*255).round().astype(np.uint8))
-    return out
+    return consisid_sample(cid['pipe'], consisid_faces(cid, load_images(refs, 'refs')[0]), prompts, seed, steps, cfg_scale, num_frames)
+

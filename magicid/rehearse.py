@@ -11,8 +11,9 @@ import torch
 import yaml
 from PIL import Image
 from torch import nn
-from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
-from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, UMT5Config, UMT5EncoderModel
+from diffusers import (AutoencoderKLCogVideoX, AutoencoderKLWan, CogVideoXDPMScheduler, ConsisIDPipeline, ConsisIDTransformer3DModel,
+                       FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel)
+from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from . import backbone, core, hunyuan, media, world
@@ -20,9 +21,10 @@ from .identity import write_random_insightface_pack
 from .textalign import QWEN2VL_CHAT_TEMPLATE, RATING_QUESTION
 
 # %% auto #0
-__all__ = ['WAN_LATENT_MEAN', 'WAN_LATENT_STD', 'BACKBONE_WRITERS', 'write_random_clip', 'RandomI3D', 'write_random_i3d',
-           'save_tiny_random_vlm', 'write_identities', 'write_real_videos', 'random_wan_pipeline', 'write_random_wan',
-           'write_backbone', 'write_inputs', 'load_rehearsal', 'rehearsal_params']
+__all__ = ['WAN_LATENT_MEAN', 'WAN_LATENT_STD', 'CONSISID_FACES', 'BACKBONE_WRITERS', 'write_random_clip', 'RandomI3D',
+           'write_random_i3d', 'save_tiny_random_vlm', 'write_identities', 'write_real_videos', 'random_wan_pipeline',
+           'random_consisid_pipeline', 'write_random_wan', 'write_backbone', 'write_inputs', 'load_rehearsal',
+           'rehearsal_params']
 
 # %% ../nbs/91_rehearse.ipynb #f58c82e5
 def write_random_clip(folder, seed: int = 0) -> Path:
@@ -125,6 +127,28 @@ def random_wan_pipeline(scheduler: str = 'unipc', seed: int = 0) -> WanPipeline:
     sch = (UniPCMultistepScheduler(prediction_type='flow_prediction', use_flow_sigmas=True, flow_shift=3.0, num_train_timesteps=1000)
            if scheduler == 'unipc' else FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0))   # Wan2.1's own: UniPC
     return WanPipeline(tokenizer=tok, text_encoder=te, vae=vae, scheduler=sch, transformer=tr)
+
+CONSISID_FACES = dict(id_dim=8, vit_dim=8, vit_tokens=3, n_scales=2)   # the face conditions the tiny ConsisID below takes
+
+def random_consisid_pipeline(seed: int = 0) -> ConsisIDPipeline:
+    """diffusers' `ConsisIDPipeline` of tiny random components (T5, CogVideoX VAE ×8 spatial ×4 temporal, ConsisID
+    transformer with its face blocks): the sampling half of the real-scale baseline. Its face conditions are
+    `id_cond` (1, id_dim) and `n_scales` × `id_vit_hidden` (1, vit_tokens, vit_dim) (`CONSISID_FACES`); the real ones
+    come from ConsisID's face models, which need torchvision (GPU machines only)."""
+    torch.manual_seed(seed)
+    tok = backbone.build_tokenizer(max_len=16)
+    te = T5EncoderModel(T5Config(vocab_size=len(tok.get_vocab()), d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4,
+                                 relative_attention_num_buckets=8, dropout_rate=0.0, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id))
+    vae = AutoencoderKLCogVideoX(down_block_types=('CogVideoXDownBlock3D',)*4, up_block_types=('CogVideoXUpBlock3D',)*4,
+                                 block_out_channels=(4,)*4, latent_channels=4, layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4)
+    f = CONSISID_FACES   # inner width 2 × 16 = 32: rotary splits a head of 16 into even parts; the face kv width is int(32 · 2/3) = 21
+    tr = ConsisIDTransformer3DModel(num_attention_heads=2, attention_head_dim=16, in_channels=8, out_channels=4, time_embed_dim=8,
+        text_embed_dim=16, num_layers=2, sample_width=2, sample_height=2, sample_frames=9, max_text_seq_length=16,
+        use_rotary_positional_embeddings=True, use_learned_positional_embeddings=True, is_train_face=True, is_kps=False,
+        cross_attn_interval=1, cross_attn_dim_head=4, cross_attn_num_heads=2, LFE_id_dim=f['id_dim'], LFE_vit_dim=f['vit_dim'],
+        LFE_depth=f['n_scales'], LFE_dim_head=4, LFE_num_heads=2, LFE_num_id_token=2, LFE_num_querie=2, LFE_output_dim=21,
+        LFE_ff_mult=1, LFE_num_scale=f['n_scales'])
+    return ConsisIDPipeline(tokenizer=tok, text_encoder=te, vae=vae, transformer=tr, scheduler=CogVideoXDPMScheduler())
 
 def write_random_wan(folder, seed: int = 0, scheduler: str = 'unipc') -> Path:
     "`random_wan_pipeline` saved with `save_pretrained` in `folder`."

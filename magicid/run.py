@@ -4,7 +4,7 @@
 
 # %% ../nbs/90_run.ipynb #53282cf2
 from __future__ import annotations
-import argparse, ast, dataclasses, json, os, shutil, sys, time
+import argparse, ast, dataclasses, importlib.util, json, os, shutil, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -172,6 +172,9 @@ INPUT_LAYOUTS = {
     'eval_prompts': "a text file of prompts, one a line, each with the subject 'a person' (lines starting with # are "
                     "skipped)",
     'real_videos_dir': f"a folder of real videos ({', '.join(_VIDEOS)}; sub-folders searched) for FVD",
+    'consisid_dir': "a local copy of BestWishYsh/ConsisID-preview (diffusers layout: transformer/, vae/, text_encoder/, "
+                    "tokenizer/, scheduler/, and face_encoder/ with EVA02-CLIP, facexlib's RetinaFace and BiSeNet, "
+                    "insightface antelopev2); read only when 15_magicid's baselines name 'ConsisID'",
 }
 OPTIONAL_INPUTS = ('raft_weights', 'eval_prompts')   # DIS flow without RAFT; the shipped prompts (core.ScaleConfig)
 
@@ -260,6 +263,13 @@ def _check_prompts(p: Path, cfg):
     bad = [i for i, l in prompts if 'a person' not in l.lower()]
     if bad: return f"line{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad[:5]))}{' …' if len(bad) > 5 else ''} without the subject 'a person'"
 
+def _check_consisid(p: Path, cfg):
+    from magicid.idadapter import CONSISID_FILES, CONSISID_PACKAGES     # lazy: the runner starts without torch
+    missing = [f for f in CONSISID_FILES if not (p/f).is_file()]
+    if missing: return f"missing {', '.join(missing[:4])}{' …' if len(missing) > 4 else ''}"
+    absent = [m for m in CONSISID_PACKAGES if importlib.util.find_spec(m) is None]
+    if absent: return f"ConsisID's face models need the packages {', '.join(absent)} (GPU machines: pip install -e '.[gpu]')"
+
 def _check_videos(p: Path, cfg):
     if next((f for f in p.rglob('*') if f.suffix.lower() in _VIDEOS and f.is_file()), None) is None:
         return 'no video files in it'
@@ -270,7 +280,8 @@ _CHECKS = {   # setting: (folder or file, the check of its contents)
     'vlm_dir': (_folder, lambda p, c: _check_transformers(p, ('qwen2_vl', 'qwen2_5_vl'), chat_template=True)),
     'i3d_path': (_file, None),
     'raft_weights': (_file, lambda p, c: None if p.suffix.lower() in ('.pth', '.pt', '.safetensors') else f'suffix {p.suffix!r}'),
-    'identities_dir': (_folder, _check_identities), 'eval_prompts': (_file, _check_prompts), 'real_videos_dir': (_folder, _check_videos)}
+    'identities_dir': (_folder, _check_identities), 'eval_prompts': (_file, _check_prompts), 'real_videos_dir': (_folder, _check_videos),
+    'consisid_dir': (_folder, _check_consisid)}
 
 def check_input(name: str, cfg: core.ScaleConfig) -> str | None:
     "The problem with the real input `name` of `cfg` (one line: the setting, its path or 'not set', what it expected), or None."
@@ -281,14 +292,18 @@ def check_input(name: str, cfg: core.ScaleConfig) -> str | None:
     why = kind(Path(v)) or (inside(Path(v), cfg) if inside else None)
     return f"{name}: {v}: {why}; expected {input_layout(name, cfg)}" if why else None
 
-def needed_inputs(cfg: core.ScaleConfig) -> list[str]:
-    "The real inputs that `cfg` reads: none at smoke/tiny; at h100/paper all, but the backbone's folder with a tiny backbone."
+def needed_inputs(cfg: core.ScaleConfig, steps: Sequence[Step] | None = None) -> list[str]:
+    """The real inputs that `cfg` reads: none at smoke/tiny; at h100/paper all, but the backbone's folder with a tiny
+    backbone, and ConsisID's folder only when 15_magicid's baselines name it (in `steps`, the planned notebooks with
+    their parameters; without them, in the scale file)."""
     if cfg.name not in core.REAL_SCALES: return []
-    return [k for k in core.REAL_INPUTS if not (k == 'weights_dir' and cfg.backbone == 'tiny')]
+    params = {s.notebook: s.parameters for s in steps} if steps is not None else (cfg.notebooks or {})
+    consisid = 'ConsisID' in ((params.get('15_magicid') or {}).get('baselines') or [])
+    return [k for k in core.REAL_INPUTS if not (k == 'weights_dir' and cfg.backbone == 'tiny') and (k != 'consisid_dir' or consisid)]
 
-def preflight(cfg: core.ScaleConfig) -> list[str]:
-    "Every problem with the real inputs of `cfg`, one line each (empty: all present in the expected layout). Loads no model."
-    return [p for k in needed_inputs(cfg) if (p := check_input(k, cfg))]
+def preflight(cfg: core.ScaleConfig, steps: Sequence[Step] | None = None) -> list[str]:
+    "Every problem with the real inputs of `cfg` (and `steps`), one line each (empty: all present in the expected layout). Loads no model."
+    return [p for k in needed_inputs(cfg, steps) if (p := check_input(k, cfg))]
 
 class PreflightError(ValueError):
     "Real inputs of a scale are missing or in the wrong layout: all of them, in one message."
@@ -336,7 +351,7 @@ def run_chain(scale: str = 'tiny', settings: Sequence[str] = (), overrides: Sequ
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
     cfg, steps = plan(scale, settings, overrides, only, nbs, params)
-    problems = preflight(cfg)                       # h100/paper: every real input there, before anything is written
+    problems = preflight(cfg, steps)                # h100/paper: every real input there, before anything is written
     if problems: raise PreflightError(scale, problems)
     root, name = core.reports_root(), dest or scale
     rank = int(os.environ.get('RANK') or 0)          # under `accelerate launch` only rank 0 writes reports/<dest>/
@@ -410,11 +425,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                      if k not in ('scale', 'reports_dir')))
             return 0
         if a.preflight:
-            cfg, _ = plan(a.scale, a.settings, a.overrides, a.only)
-            needed = needed_inputs(cfg)
+            cfg, steps = plan(a.scale, a.settings, a.overrides, a.only)
+            needed = needed_inputs(cfg, steps)
             if not needed:
                 print(f"scale {cfg.name}: no real inputs to check (its models and data are in data/)"); return 0
-            problems = preflight(cfg)
+            problems = preflight(cfg, steps)
             if problems: raise PreflightError(cfg.name, problems)
             print(f"preflight of scale {cfg.name}: every real input is there")
             for k in needed:

@@ -10,7 +10,7 @@ from magicid.world import read_prompts
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = str(Path(sys.executable).parent/'magicid-run')
-REQUIRED = [k for k in core.REAL_INPUTS if k not in OPTIONAL_INPUTS]
+REQUIRED = [k for k in core.REAL_INPUTS if k not in OPTIONAL_INPUTS + ('consisid_dir',)]   # ConsisID's: only when a baseline names it
 
 def _cli(*args, reports):
     return subprocess.run([RUN, *args], capture_output=True, text=True, env={**os.environ, 'MAGICID_REPORTS_DIR': str(reports)})
@@ -48,6 +48,17 @@ def test_nothing_set_names_every_input_once_exits_2_writes_nothing(tmp_path):
     assert 'a folder with a detector det_*.onnx' in r.stderr and 'one sub-folder per person holding >= 1 image' in r.stderr
     assert 'Traceback' not in r.stderr and '[1/' not in r.stdout       # no notebook started
     assert not reports.exists(), sorted(reports.rglob('*'))           # no reports folder, no runs folder
+
+def test_consisid_folder_is_needed_only_when_a_baseline_names_it(tmp_path, inputs):
+    "`-p 15_magicid.baselines=[...,'ConsisID']` makes consisid_dir a real input; --only without 15_magicid does not."
+    args = ('--scale', 'h100', '--preflight', *_sets(inputs))
+    r = _cli(*args, '-p', "15_magicid.baselines=['Magic-Me','ConsisID']", reports=tmp_path/'reports')
+    assert r.returncode == 2 and '  consisid_dir: not set; expected a local copy of BestWishYsh/ConsisID-preview' in r.stderr, r.stderr
+    assert r.stderr.count('\n  ') == 1, r.stderr                      # the only problem
+    r = _cli(*args, '-p', "15_magicid.baselines=['ConsisID']", '--only', '01_dpo', reports=tmp_path/'reports')
+    assert r.returncode == 0, r.stderr
+    r = _cli(*args, '-p', "15_magicid.baselines=['ConsisID']", '--set', f'consisid_dir={tmp_path}', reports=tmp_path/'reports')
+    assert r.returncode == 2 and f'  consisid_dir: {tmp_path}: missing model_index.json' in r.stderr, r.stderr
 
 def test_paper_expects_a_hunyuanvideo_folder(tmp_path, inputs):
     r = _cli('--scale', 'paper', '--preflight', *_sets(inputs), reports=tmp_path/'reports')
