@@ -12,7 +12,8 @@ import torch
 from .core import atomic_path
 
 # %% auto #0
-__all__ = ['STATE_FILE', 'settings_diff', 'data_fingerprint', 'checkpoint_file', 'load_checkpoint', 'save_checkpoint', 'save_due']
+__all__ = ['STATE_FILE', 'settings_diff', 'data_fingerprint', 'checkpoint_file', 'load_checkpoint', 'save_checkpoint', 'save_due',
+           'optimizer_step']
 
 # %% ../nbs/00a_checkpoint.ipynb #12f48658
 STATE_FILE = 'state.pt'  # the checkpoint file inside ckpt_dir
@@ -78,3 +79,17 @@ def save_checkpoint(ckpt_dir, step: int, settings: dict, **state) -> Path:
 def save_due(step: int, total: int, save_every: int) -> bool:
     "Whether a checkpoint is due after `step` optimizer steps of `total`: every `save_every` steps and at the last."
     return step % save_every == 0 or step == total
+
+# %% ../nbs/00a_checkpoint.ipynb #7f18f192
+def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, params, step: int, hist: list, what: str,
+                   ckpt_dir=None, bar=None, max_norm: float | None = 1.0) -> None:
+    """One update of a trainer's loop at `step` (the optimizer steps done before it): refuse a non-finite `loss`,
+    backward, clip the gradient norm of `params` to `max_norm` (None: no clipping), step, and append
+    dict(step=step + 1, loss) to `hist`, whose mean over the last 20 the tqdm `bar` shows."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{what}: loss is {loss.item()} at step {step + 1}; the last good checkpoint is in {ckpt_dir}")
+    opt.zero_grad(set_to_none=True); loss.backward()
+    if max_norm is not None: torch.nn.utils.clip_grad_norm_(params, max_norm)
+    opt.step()
+    hist.append(dict(step=step + 1, loss=loss.item()))
+    if bar is not None: bar.set_postfix(loss=f"{np.mean([h['loss'] for h in hist[-20:]]):.4f}")

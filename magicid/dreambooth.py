@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 from .core import check_choice, check_number
-from .checkpoint import data_fingerprint, load_checkpoint, save_checkpoint, save_due
+from .checkpoint import data_fingerprint, load_checkpoint, optimizer_step, save_checkpoint, save_due
 from .lora import add_lora, save_lora
 from .media import load_images
 from .world import inflate
@@ -114,12 +114,7 @@ def train_lora(pipe, refs, cfg: DreamBoothConfig, ckpt_dir=None, progress: bool 
         vids = x0_refs[torch.as_tensor(idx), torch.as_tensor(reference_flips(len(idx), cfg, g).astype(np.int64))]
         # L_rec = ‖target − f_θ(x_t, t, c_id)‖²   (target: ε−x_0 for flow, ε for DDPM)
         loss = pipe.training_loss(vids, [cfg.prompt]*len(vids), generator=torch.Generator().manual_seed(int(g.integers(2**31))))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"DreamBooth-LoRA: loss is {loss.item()} at step {step + 1}; the last good checkpoint is in {ckpt_dir}")
-        opt.zero_grad(set_to_none=True); loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step()
-        hist.append(dict(step=step + 1, loss=loss.item()))
-        bar.set_postfix(loss=f'{np.mean([l["loss"] for l in hist[-20:]]):.4f}')
+        optimizer_step(loss, opt, params, step, hist, 'DreamBooth-LoRA', ckpt_dir, bar)
         if ckpt_dir and save_due(step + 1, cfg.steps, cfg.save_every):
             save_checkpoint(ckpt_dir, step + 1, settings, adapter={n: p.detach().cpu().clone() for n, p in named.items()},
                             optimizer=opt.state_dict(), log=hist)

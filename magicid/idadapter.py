@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from . import core, world
 from .backbone import T2VPipeline
-from .checkpoint import data_fingerprint, load_checkpoint, save_checkpoint, save_due
+from .checkpoint import data_fingerprint, load_checkpoint, optimizer_step, save_checkpoint, save_due
 from .core import atomic_path, check_choice, check_number
 from .identity import IDEncoder, InsightFaceEncoder, l2_normalize, load_tiny_id_encoder, reference_embeddings
 from .lora import add_lora, lora_disabled
@@ -240,12 +240,7 @@ def train_idadapter(pipe: T2VPipeline, encoder: IDEncoder, cfg: IDAdapterConfig,
         with id_tokens(pipe, tok):                                       # L = ‖target − f_θ(x_t, t, [c_text ; c_id])‖²
             loss = pipe.training_loss(pool['z'][i, j].to(pipe.device), [pool['prompts'][a][b] for a, b in zip(i, j)],
                                       generator=torch.Generator().manual_seed(int(g.integers(2**31))))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"ID adapter: loss is {loss.item()} at step {step + 1}; the last good checkpoint is in {ckpt_dir}")
-        opt.zero_grad(set_to_none=True); loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step()
-        hist.append(dict(step=step + 1, loss=loss.item()))
-        bar.set_postfix(loss=f'{np.mean([h["loss"] for h in hist[-20:]]):.4f}')
+        optimizer_step(loss, opt, params, step, hist, 'ID adapter', ckpt_dir, bar)
         if ckpt_dir and save_due(step + 1, cfg.steps, cfg.save_every):
             save_checkpoint(ckpt_dir, step + 1, settings, adapter={k: v.detach().cpu().clone() for k, v in adapter.state_dict().items()},
                             lora={k: v.detach().cpu().clone() for k, v in lora.items()}, optimizer=opt.state_dict(), log=hist)

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from . import core, world
 from .core import atomic_path, check_choice, check_number
-from .checkpoint import data_fingerprint, load_checkpoint, save_checkpoint, save_due
+from .checkpoint import data_fingerprint, load_checkpoint, optimizer_step, save_checkpoint, save_due
 from .dreambooth import reference_flips, reference_latents
 from .facedetect import check_faces
 from .media import load_images
@@ -238,11 +238,7 @@ def train_id_tokens(pipe, refs, masks: np.ndarray, cfg: MagicMeConfig, ckpt_dir=
             full = torch.as_tensor(g.random(len(idx)) < cfg.full_mask_p).view(-1, 1, 1, 1, 1).to(m_refs)
             m = m_refs[idx, fl]*(1 - full) + full                          # Magic-Me's use_orig_img_rate: now and then unmasked
             loss = masked_loss(pipe, x0_refs[idx, fl], m, [cfg.prompt]*len(idx), torch.Generator().manual_seed(int(g.integers(2**31))))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"Magic-Me ID module: loss is {loss.item()} at step {step + 1}; the last good checkpoint is in {ckpt_dir}")
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-            hist.append(dict(step=step + 1, loss=loss.item()))
-            bar.set_postfix(loss=f'{np.mean([l["loss"] for l in hist[-20:]]):.4f}')
+            optimizer_step(loss, opt, [rows], step, hist, 'Magic-Me ID module', ckpt_dir, bar, max_norm=None)
             if ckpt_dir and save_due(step + 1, cfg.steps, cfg.save_every):
                 save_checkpoint(ckpt_dir, step + 1, settings, rows=rows.detach().cpu().clone(), optimizer=opt.state_dict(), log=hist)
     if ckpt_dir: save_id_tokens(Path(ckpt_dir)/ID_FILE, cfg.tokens, rows)
