@@ -422,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for s in steps:
                 declared = notebook_parameters(s.path)
                 print(f"  {s.notebook}: " + ', '.join(f"{k}={s.parameters.get(k, v)!r}" for k, v in declared.items()
-                                                     if k not in ('scale', 'reports_dir')))
+                                                     if k not in RUNNER_SET))
             return 0
         if a.preflight:
             cfg, steps = plan(a.scale, a.settings, a.overrides, a.only)
