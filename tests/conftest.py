@@ -2,6 +2,7 @@
 stays out of test output; the tiny random backbone the tests build, in one place."""
 import logging, os, tempfile
 from pathlib import Path
+from types import SimpleNamespace
 import pytest
 from magicid.core import load_chain
 
@@ -47,3 +48,26 @@ def random_clip(tmp_path_factory):
     "A tiny random CLIP folder of the real classes (`rehearse.write_random_clip`); tests must not write into it."
     from magicid.rehearse import write_random_clip             # lazy: transformers only for tests that use it
     return write_random_clip(tmp_path_factory.mktemp('random-clip'))
+
+
+def _in_process(main, monkeypatch, capsys, args, reports=None):
+    if reports is not None: monkeypatch.setenv('MAGICID_REPORTS_DIR', str(reports))
+    capsys.readouterr()
+    try: rc = main(list(args))
+    except SystemExit as e: rc = e.code                       # argparse's own errors
+    out = capsys.readouterr()
+    return SimpleNamespace(returncode=rc, stdout=out.out, stderr=out.err)
+
+@pytest.fixture
+def run_cli(monkeypatch, capsys):
+    """`magicid-run ARGS` in this process, without an interpreter's start-up (about 7 s each, most of it importing
+    diffusers): a result with .returncode, .stdout, .stderr; `reports=` sets MAGICID_REPORTS_DIR for the call. The
+    console script itself runs as a subprocess in the smoke chain and in the preflight's end-to-end test."""
+    from magicid.run import main                               # lazy: as above
+    return lambda *args, reports=None: _in_process(main, monkeypatch, capsys, args, reports)
+
+@pytest.fixture
+def customize_cli(monkeypatch, capsys):
+    "`magicid ARGS` (magicid.customize.main) in this process, as `run_cli`; the kill/resume test runs the console script."
+    from magicid.customize import main                         # lazy: as above
+    return lambda *args: _in_process(main, monkeypatch, capsys, args)

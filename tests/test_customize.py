@@ -28,9 +28,6 @@ def _cfg(backbone_dir, **kw):
             'selection.n_fronts': 3, 'n_samples': 1, 'hpo.lr': 1e-3}
     return customize.CustomizeConfig.from_scale('smoke', **(base | kw))
 
-def _cli(*args):
-    return subprocess.run([MAGICID, *args], capture_output=True, text=True)
-
 def test_customize_writes_a_loadable_lora_and_a_record(backbone_dir, refs_dir, tmp_path):
     rec = customize.customize(refs_dir, tmp_path/'run', _cfg(backbone_dir, resample_vt=True), progress=False, log=lambda *a: None)
     out = tmp_path/'run'
@@ -68,8 +65,8 @@ def test_resume_with_other_settings_is_refused(backbone_dir, refs_dir, tmp_path)
     customize.check_resumable(tmp_path, _cfg(backbone_dir))
     with pytest.raises(ValueError, match='delta: 0.01 → 5.0'): customize.check_resumable(tmp_path, _cfg(backbone_dir, **{'selection.delta': 5.0}))
 
-def test_thresholds_that_select_no_pair_name_delta_and_tau(backbone_dir, refs_dir, tmp_path):
-    r = _cli('customize', '--refs', str(refs_dir), '--out', str(tmp_path/'x'), '--scale', 'smoke', '--no-progress',
+def test_thresholds_that_select_no_pair_name_delta_and_tau(backbone_dir, refs_dir, tmp_path, customize_cli):
+    r = customize_cli('customize', '--refs', str(refs_dir), '--out', str(tmp_path/'x'), '--scale', 'smoke', '--no-progress',
              '--set', f'backbone_dir={backbone_dir}', '--set', 'initial.steps=2', '--set', 'repository.n_t=0', '--set', 'repository.n_s=1',
              '--set', 'repository.n_prompts=1', '--set', 'repository.sample_steps=1', '--set', 'selection.delta=100', '--set', 'selection.top_k=1',
              '--set', 'selection.n_fronts=1', '--set', 'selection.tau=0.0')
@@ -83,13 +80,13 @@ def test_empty_repository_is_an_error():
     (lambda d: (d/'notes.txt').write_text('hello'), 'notes.txt'),
     (lambda d: [Image.new('RGB', (32, 32)).save(d/'a.png'), Image.new('RGB', (48, 32)).save(d/'b.png')], 'size'),
 ])
-def test_bad_reference_folders(make, message, tmp_path):
+def test_bad_reference_folders(make, message, tmp_path, customize_cli):
     d = tmp_path/'refs'; d.mkdir(); make(d)
-    r = _cli('customize', '--refs', str(d), '--out', str(tmp_path/'o'), '--scale', 'smoke')
+    r = customize_cli('customize', '--refs', str(d), '--out', str(tmp_path/'o'), '--scale', 'smoke')
     assert r.returncode == 2 and message in r.stderr and 'Traceback' not in r.stderr, r.stderr
 
-def test_cli_rejects_unknown_settings(tmp_path, refs_dir):
-    r = _cli('customize', '--refs', str(refs_dir), '--out', str(tmp_path/'o'), '--set', 'detla=1')
+def test_cli_rejects_unknown_settings(tmp_path, refs_dir, customize_cli):
+    r = customize_cli('customize', '--refs', str(refs_dir), '--out', str(tmp_path/'o'), '--set', 'detla=1')
     assert r.returncode == 2 and "unknown setting(s) ['detla']" in r.stderr
 
 # --- bad input of `magicid customize`: exit code, first line, no traceback, nothing written ---------------------------
@@ -106,33 +103,33 @@ def _refused(r, out, first):
     ('delta=1.5', "magicid customize: error: unknown setting(s) ['delta']; valid: scale, backbone_dir"),
     ('initial.seed=3', "magicid customize: error: unknown setting(s) ['initial.seed']"),
 ])
-def test_an_invalid_setting_exits_2_before_anything_is_written(setting, first, backbone_dir, refs_dir, tmp_path):
+def test_an_invalid_setting_exits_2_before_anything_is_written(setting, first, backbone_dir, refs_dir, tmp_path, customize_cli):
     out = tmp_path/'o'
-    r = _cli('customize', '--refs', str(refs_dir), '--out', str(out), '--scale', 'smoke', '--no-progress',
+    r = customize_cli('customize', '--refs', str(refs_dir), '--out', str(out), '--scale', 'smoke', '--no-progress',
              '--set', f'backbone_dir={backbone_dir}', '--set', setting)
     _refused(r, out, first)
 
-def test_bad_prompts_and_backbone_folder_exit_2(backbone_dir, refs_dir, tmp_path):
-    r = _cli('customize', '--refs', str(refs_dir), '--out', str(tmp_path/'o'), '--scale', 'smoke', '--prompts', str(tmp_path/'none.txt'),
+def test_bad_prompts_and_backbone_folder_exit_2(backbone_dir, refs_dir, tmp_path, customize_cli):
+    r = customize_cli('customize', '--refs', str(refs_dir), '--out', str(tmp_path/'o'), '--scale', 'smoke', '--prompts', str(tmp_path/'none.txt'),
              '--set', f'backbone_dir={backbone_dir}')
     _refused(r, tmp_path/'o', f"magicid customize: error: prompts_file={str(tmp_path/'none.txt')!r}")
     (tmp_path/'p.txt').write_text('someone walks on a beach\n')
-    r = _cli('customize', '--refs', str(refs_dir), '--out', str(tmp_path/'o'), '--scale', 'smoke', '--prompts', str(tmp_path/'p.txt'),
+    r = customize_cli('customize', '--refs', str(refs_dir), '--out', str(tmp_path/'o'), '--scale', 'smoke', '--prompts', str(tmp_path/'p.txt'),
              '--set', f'backbone_dir={backbone_dir}', '--set', 'repository.n_prompts=1')
     _refused(r, tmp_path/'o', "magicid customize: error: prompt 'someone walks on a beach': no 'a person'")
-    r = _cli('customize', '--refs', str(refs_dir), '--out', str(tmp_path/'o'), '--scale', 'smoke', '--set', f'backbone_dir={tmp_path/"nobb"}')
+    r = customize_cli('customize', '--refs', str(refs_dir), '--out', str(tmp_path/'o'), '--scale', 'smoke', '--set', f'backbone_dir={tmp_path/"nobb"}')
     _refused(r, tmp_path/'o', f"magicid customize: error: backbone_dir={str(tmp_path/'nobb')!r}: no such folder")
 
-def test_references_without_a_face_are_refused_by_name(refs_dir, tmp_path):
+def test_references_without_a_face_are_refused_by_name(refs_dir, tmp_path, customize_cli):
     "The scale's face detector (the shipped tiny one at smoke) finds no face in a plain grey image: exit 2, the file named."
     d = tmp_path/'refs'; d.mkdir()
     for f in Path(refs_dir).iterdir(): (d/f.name).write_bytes(f.read_bytes())
     Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(d/'grey.png')
-    r = _cli('customize', '--refs', str(d), '--out', str(tmp_path/'o'), '--scale', 'smoke')
+    r = customize_cli('customize', '--refs', str(d), '--out', str(tmp_path/'o'), '--scale', 'smoke')
     _refused(r, tmp_path/'o', "magicid customize: error: refs: no face found in 1 of 4 reference images: grey.png; "
                               "give photos with one clearly visible face")
     one = tmp_path/'one'; one.mkdir(); (one/'grey.png').write_bytes((d/'grey.png').read_bytes())
-    _refused(_cli('customize', '--refs', str(one), '--out', str(tmp_path/'o'), '--scale', 'smoke'), tmp_path/'o',
+    _refused(customize_cli('customize', '--refs', str(one), '--out', str(tmp_path/'o'), '--scale', 'smoke'), tmp_path/'o',
              "magicid customize: error: refs: no face found in 1 of 1 reference images: grey.png")
 
 def test_check_refs_runs_before_anything_is_written(refs_dir, tmp_path, monkeypatch, capsys):

@@ -49,28 +49,28 @@ def test_nothing_set_names_every_input_once_exits_2_writes_nothing(tmp_path):
     assert 'Traceback' not in r.stderr and '[1/' not in r.stdout       # no notebook started
     assert not reports.exists(), sorted(reports.rglob('*'))           # no reports folder, no runs folder
 
-def test_consisid_folder_is_needed_only_when_a_baseline_names_it(tmp_path, inputs):
+def test_consisid_folder_is_needed_only_when_a_baseline_names_it(tmp_path, inputs, run_cli):
     "`-p 15_magicid.baselines=[...,'ConsisID']` makes consisid_dir a real input; --only without 15_magicid does not."
     args = ('--scale', 'h100', '--preflight', *_sets(inputs))
-    r = _cli(*args, '-p', "15_magicid.baselines=['Magic-Me','ConsisID']", reports=tmp_path/'reports')
+    r = run_cli(*args, '-p', "15_magicid.baselines=['Magic-Me','ConsisID']", reports=tmp_path/'reports')
     assert r.returncode == 2 and '  consisid_dir: not set; expected a local copy of BestWishYsh/ConsisID-preview' in r.stderr, r.stderr
     assert r.stderr.count('\n  ') == 1, r.stderr                      # the only problem
-    r = _cli(*args, '-p', "15_magicid.baselines=['ConsisID']", '--only', '01_dpo', reports=tmp_path/'reports')
+    r = run_cli(*args, '-p', "15_magicid.baselines=['ConsisID']", '--only', '01_dpo', reports=tmp_path/'reports')
     assert r.returncode == 0, r.stderr
-    r = _cli(*args, '-p', "15_magicid.baselines=['ConsisID']", '--set', f'consisid_dir={tmp_path}', reports=tmp_path/'reports')
+    r = run_cli(*args, '-p', "15_magicid.baselines=['ConsisID']", '--set', f'consisid_dir={tmp_path}', reports=tmp_path/'reports')
     assert r.returncode == 2 and f'  consisid_dir: {tmp_path}: missing model_index.json' in r.stderr, r.stderr
 
-def test_paper_expects_a_hunyuanvideo_folder(tmp_path, inputs):
-    r = _cli('--scale', 'paper', '--preflight', *_sets(inputs), reports=tmp_path/'reports')
+def test_paper_expects_a_hunyuanvideo_folder(tmp_path, inputs, run_cli):
+    r = run_cli('--scale', 'paper', '--preflight', *_sets(inputs), reports=tmp_path/'reports')
     assert r.returncode == 2
     assert 'weights_dir: ' + str(inputs['weights_dir']) + ': no text_encoder_2/, tokenizer_2/' in r.stderr
     assert r.stderr.count('\n  ') == 1, r.stderr                      # the only problem
     assert not (tmp_path/'reports').exists()
 
-def test_right_layouts_pass(tmp_path, inputs):
+def test_right_layouts_pass(tmp_path, inputs, run_cli):
     assert preflight(effective_scale('h100', [f'{k}={v}' for k, v in inputs.items()])) == []
     no_raft = {k: v for k, v in inputs.items() if k not in ('raft_weights', 'eval_prompts')}
-    r = _cli('--scale', 'h100', '--preflight', *_sets(no_raft), reports=tmp_path/'reports')
+    r = run_cli('--scale', 'h100', '--preflight', *_sets(no_raft), reports=tmp_path/'reports')
     assert r.returncode == 0, r.stderr
     assert 'every real input is there' in r.stdout and 'raft_weights: not set (optional: without it dynamic degree uses DIS flow)' in r.stdout
     assert f"eval_prompts: {ROOT/'data'/'prompts'/'eval_real.txt'}" in r.stdout   # the shipped default
@@ -96,13 +96,13 @@ def test_wrong_layouts_are_named(tmp_path, inputs):
     p = preflight(effective_scale('h100', [f'{k}={v}' for k, v in {**inputs, 'eval_id_pack': copy}.items()]))
     assert len(p) == 1 and "its recognizer w600k_tiny.onnx is the same file as reward_id_pack's" in p[0]
 
-def test_smoke_and_tiny_need_no_real_inputs(tmp_path):
+def test_smoke_and_tiny_need_no_real_inputs(tmp_path, run_cli):
     for s in ('smoke', 'tiny'): assert preflight(core.load_scale(s)) == []
-    r = _cli('--scale', 'tiny', '--preflight', reports=tmp_path/'reports')
+    r = run_cli('--scale', 'tiny', '--preflight', reports=tmp_path/'reports')
     assert r.returncode == 0 and 'no real inputs to check' in r.stdout, r.stderr
 
-def test_list_shows_a_setting_reaching_the_notebooks_that_use_it(tmp_path):
-    r = _cli('--list', '--scale', 'h100', '--set', 'clip_dir=/x', '--set', 'eval_id_pack=/e', '--set', 'reward_id_pack=/r',
+def test_list_shows_a_setting_reaching_the_notebooks_that_use_it(tmp_path, run_cli):
+    r = run_cli('--list', '--scale', 'h100', '--set', 'clip_dir=/x', '--set', 'eval_id_pack=/e', '--set', 'reward_id_pack=/r',
              reports=tmp_path/'reports')
     assert r.returncode == 0, r.stderr
     lines = {l.split(':')[0].strip(): l for l in r.stdout.splitlines()[1:]}
@@ -117,8 +117,8 @@ def test_list_shows_a_setting_reaching_the_notebooks_that_use_it(tmp_path):
     (['-p', 'pack_dir=/y'], "02b_facedetect's pack_dir is the setting reward_id_pack; use --set reward_id_pack=PATH"),
     (['--set', 'vlm_dir=3'], "vlm_dir=3 must be a path (a string)"),
 ])
-def test_a_real_input_has_one_name(tmp_path, args, message):
-    r = _cli('--list', '--scale', 'h100', *args, reports=tmp_path/'reports')
+def test_a_real_input_has_one_name(tmp_path, args, message, run_cli):
+    r = run_cli('--list', '--scale', 'h100', *args, reports=tmp_path/'reports')
     assert r.returncode == 2 and message in r.stderr, r.stderr
 
 def test_scale_file_naming_a_mapped_parameter_is_refused(tmp_path):

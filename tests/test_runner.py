@@ -22,13 +22,13 @@ def _cli(*args, env=None):
     (['--scale', 'smoke', '--only', '99_nothing'], "--only notebook='99_nothing' is not valid; choose one of: 01_dpo"),
     (['--scale', 'smoke', '-p', '19_paperindex.index_dir=x'], "19_paperindex: 'index_dir' is set by the runner, not by a scale file or -p"),
 ])
-def test_cli_rejects_bad_names(args, message):
-    r = _cli(*args)
+def test_cli_rejects_bad_names(args, message, run_cli):
+    r = run_cli(*args)
     assert r.returncode == 2, r.stdout + r.stderr
     assert message in r.stderr and 'Traceback' not in r.stderr
 
-def test_cli_list():
-    r = _cli('--scale', 'tiny', '--list')
+def test_cli_list(run_cli):
+    r = run_cli('--scale', 'tiny', '--list')
     assert r.returncode == 0 and 'toy_dpo_steps=600' in r.stdout, r.stderr
 
 def _notebook(path, *sources):
