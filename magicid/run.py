@@ -4,7 +4,7 @@
 
 # %% ../nbs/90_run.ipynb #53282cf2
 from __future__ import annotations
-import argparse, ast, dataclasses, importlib.util, json, os, shutil, sys, time
+import argparse, ast, dataclasses, importlib.util, json, os, shutil, sys, tempfile, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -358,16 +358,19 @@ def run_chain(scale: str = 'tiny', settings: Sequence[str] = (), overrides: Sequ
     if rank: name = f'.rank{rank}/{name}'
     dest, runs = root/name, root/'runs'/name
     runs.mkdir(parents=True, exist_ok=True)
-    # the notebooks read the effective settings (with --set applied) through MAGICID_PARAMS_DIR
-    eff = runs/'params'
+    # the notebooks read the effective settings (with --set applied) through MAGICID_PARAMS_DIR, from a folder of this
+    # run's own: another run of the same scale started meanwhile (another notebook, other code) cannot change what a
+    # running notebook reads. runs/<name>/params/ keeps a copy, the record of the latest run.
+    eff = Path(tempfile.mkdtemp(prefix='.params-', dir=runs))
     core.atomic_write(eff/f'{scale}.yaml', yaml.safe_dump(dict(description=cfg.description, notebooks=cfg.notebooks,
         settings={k: v for k, v in dataclasses.asdict(cfg).items() if k not in ('name', 'description', 'notebooks')}), sort_keys=False))
     core.atomic_write(eff/'chain.yaml', yaml.safe_dump(dict(chain=core.load_chain(params))))
+    for f in eff.iterdir(): core.atomic_write(runs/'params'/f.name, f.read_text())
     records, old_env = [], os.environ.get('MAGICID_PARAMS_DIR')
     os.environ['MAGICID_PARAMS_DIR'] = str(eff)
     try:
         for i, step in enumerate(steps, 1):
-            stage = root/'.staging'/name/step.notebook
+            stage = root/'.staging'/name/f'{step.notebook}-{eff.name[8:]}'    # this run's own staging folder too
             shutil.rmtree(stage, ignore_errors=True); stage.mkdir(parents=True)
             executed = runs/f'{step.notebook}.ipynb'
             log(f"[{i}/{len(steps)}] {step.notebook} ({scale}) ...", flush=True)
@@ -390,6 +393,7 @@ def run_chain(scale: str = 'tiny', settings: Sequence[str] = (), overrides: Sequ
     finally:
         if old_env is None: os.environ.pop('MAGICID_PARAMS_DIR', None)
         else: os.environ['MAGICID_PARAMS_DIR'] = old_env
+        shutil.rmtree(eff, ignore_errors=True)
     core.atomic_write(runs/'summary.json', json.dumps(dict(scale=scale, settings=dataclasses.asdict(cfg), notebooks=records), indent=1, default=str))
     return records
 

@@ -58,6 +58,20 @@ def test_failing_notebook_stops_chain_and_keeps_reports(tmp_path, monkeypatch):
     assert not list((reports/'.staging').rglob('*.md'))                        # nothing left in staging
     assert (reports/'runs'/'smoke'/'b_bad.ipynb').exists()                     # the executed notebook, for the traceback
 
+def test_a_run_reads_settings_no_other_run_can_change(tmp_path, monkeypatch):
+    "The notebooks read this run's own copy of the effective settings; runs/<scale>/params/ is only the record."
+    nbs, params, reports = tmp_path/'nbs', tmp_path/'params', tmp_path/'reports'
+    nbs.mkdir(); params.mkdir()
+    monkeypatch.setenv('MAGICID_REPORTS_DIR', str(reports))
+    _notebook(nbs/'a.ipynb', "import os\nfrom pathlib import Path\nd = Path(os.environ['MAGICID_PARAMS_DIR'])",
+              "assert d.name.startswith('.params-') and d != core.reports_root()/'runs'/'smoke'/'params', d",
+              "(core.reports_root()/'runs'/'smoke'/'params'/'smoke.yaml').write_text('settings: {seed: oops}')   # another run's record",
+              "assert core.load_scale('smoke').seed == 0")
+    (params/'chain.yaml').write_text('chain: [a]\n')
+    (params/'smoke.yaml').write_text('settings: {}\nnotebooks: {}\n')
+    run_chain('smoke', nbs=nbs, params=params, progress=False, log=lambda *a, **k: None)
+    assert not list((reports/'runs'/'smoke').glob('.params-*'))                # removed at the end
+
 def test_smoke_chain_end_to_end(tmp_path):
     "`magicid-run --scale smoke` runs the whole chain and writes its figures and tables."
     r = _cli('--scale', 'smoke', '--no-progress', env={'MAGICID_REPORTS_DIR': str(tmp_path)})
