@@ -78,19 +78,7 @@ def effective_scale(scale: str, settings: Sequence[str] = (), params: str | os.P
         if isinstance(v, str): setattr(cfg, k, os.path.abspath(os.path.expanduser(v)))
     return cfg
 
-# The notebook parameters that are real inputs, and the setting of the scale each one gets. A notebook of the chain that
-# declares one of these parameters gets the setting's value (when it is set), so a folder is named once, under
-# `settings:` of the scale file or with --set; a scale file or -p that names such a parameter is refused. Which
-# insightface pack each notebook measures:
-# - 02b_facedetect's `pack_dir` is the reward pack: its SCRFD detector is what checks the reference photos (and its
-#   recognizer gives R_id), so that is the detector whose recall on faces and false alarms on non-faces must be shown;
-# - 03_identity's `insightface_pack` is the evaluation pack: its real-photo check vouches for the encoder behind the
-#   Face Sim of the tables, the number a reader trusts; the reward pack is loaded whole by 02b and by customize.
-# The settings' own names map to themselves, so a notebook may declare `identities_dir`, `eval_prompts`, ... and get
-# them. `weights_dir` is not mapped: notebooks 02b, 06 and 10c use a parameter of that name for their own tiny
-# weights; the backbone's folder reaches the notebooks through core.load_scale (backbone.load_scale_backbone).
-# What the runner passes, never a scale file or -p: the scale, the staging folder a notebook writes to, and (to a
-# notebook that declares it: 19_paperindex) the folder the chain's files end up in.
+# What the runner passes, never a scale file or -p (see above); the notebook parameters that are real inputs -> their setting
 RUNNER_SET = ('scale', 'reports_dir', 'index_dir')
 NOTEBOOK_INPUTS = {'pack_dir': 'reward_id_pack', 'insightface_pack': 'eval_id_pack',
                    **{s: s for s in core.REAL_INPUTS if s != 'weights_dir'}}
