@@ -409,8 +409,6 @@ def plot_fig8(rows: Sequence[dict], title: str = 'User study (Fig 8)', ax=None):
     return fig
 
 
-if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())   # python -m magicid.userstudy (not in a notebook)
-
 # %% ../nbs/17_userstudy.ipynb #d56585bb
 def run_sets(scores_dir, people: Sequence, prompts: Sequence[str], folder, methods: Sequence[str] | None = None,
              n_sets: int = 40) -> list[dict]:
@@ -442,3 +440,5 @@ def run_sets(scores_dir, people: Sequence, prompts: Sequence[str], folder, metho
             sets.append(dict(set_id=f'{p.name}-{j}', prompt=prompts[j], refs=refs,
                              videos={m: save_video(kept[p.name][m][j], d/f'{j}_{i}.gif') for i, m in enumerate(methods)}))
     return sets
+
+if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())   # python -m magicid.userstudy (not in a notebook)
