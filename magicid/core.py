@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 # %% auto #0
-__all__ = ['SCALES', 'REAL_SCALES', 'REAL_INPUTS', 'check_choice', 'check_number', 'repo_root', 'params_dir', 'reports_root',
-           'reports_dir', 'atomic_path', 'atomic_write', 'save_figure', 'save_table', 'seed_everything', 'ScaleConfig',
-           'load_scale', 'load_chain', 'sha256_file', 'write_weights_readme', 'verify_weights']
+__all__ = ['SCALES', 'REAL_SCALES', 'REAL_INPUTS', 'BASELINE_SCALES', 'check_choice', 'check_number', 'repo_root', 'params_dir',
+           'reports_root', 'reports_dir', 'atomic_path', 'atomic_write', 'save_figure', 'save_table', 'seed_everything',
+           'ScaleConfig', 'load_scale', 'load_chain', 'check_baselines', 'sha256_file', 'write_weights_readme',
+           'verify_weights']
 
 # %% ../nbs/00_core.ipynb #2dabcecf
 SCALES = ('smoke', 'tiny', 'h100', 'paper')  # the scale ladder, smallest first
@@ -218,6 +219,25 @@ def load_chain(params: str | os.PathLike | None = None) -> list[str]:
     if not chain or not all(isinstance(c, str) for c in chain):
         raise ValueError(f"{path}: expected `chain:` followed by a list of notebook names")
     return list(chain)
+
+# %% ../nbs/00_core.ipynb #3e0546d6
+BASELINE_SCALES = {     # Table 1's other methods (15_magicid) -> (the rungs that run them, why the others cannot)
+    'Magic-Me': (('smoke', 'tiny', 'h100'), "its ID module is not built for HunyuanVideo's two text encoders (18_magicme)"),
+    'ID adapter': (('smoke', 'tiny'), "it is trained on the tiny world; at h100/paper the encoder-based baseline is 'ConsisID' (--set consisid_dir=PATH)"),
+    'ConsisID': (('h100', 'paper'), "it runs its real weights (--set consisid_dir=PATH, the GPU extra); at smoke/tiny the encoder-based baseline is 'ID adapter'"),
+}
+
+def check_baselines(baselines: Sequence[str], scale: str) -> list[str]:
+    "Return `baselines` as a list if each is a known baseline that `scale` runs; else a `ValueError` naming it, its rungs and why."
+    check_choice('scale', scale, SCALES)
+    out = []
+    for b in baselines:
+        check_choice('baselines: a baseline', b, BASELINE_SCALES)
+        rungs, why = BASELINE_SCALES[b]
+        if scale not in rungs: raise ValueError(f"baselines: {b!r} runs at {', '.join(rungs)}, not at scale {scale!r}: {why}")
+        out.append(b)
+    return out
+
 
 # %% ../nbs/00_core.ipynb #39096a32
 def sha256_file(path) -> str:

@@ -207,8 +207,12 @@ def customize(refs, out, cfg: CustomizeConfig, prompts: Sequence[str] | None = N
     refs, prompts = check_inputs(refs, cfg, prompts)                      # before anything is loaded or written
     out = Path(out)
     check_resumable(out, cfg)
-    rec = dict(config=asdict(cfg), versions=_versions(), seconds={}, started=time.strftime('%Y-%m-%d %H:%M:%S'))
-    def stage(name, t0): rec['seconds'][name] = round(time.time() - t0, 2); log(f"[customize] {name}: {rec['seconds'][name]:.1f} s")
+    old = json.loads((out/'run.json').read_text()) if (out/'run.json').exists() else {}   # a finished run read back
+    rec = dict(config=asdict(cfg), versions=_versions(), seconds={}, sessions=old.get('sessions', 1 if old else 0) + 1,
+               started=old.get('started', time.strftime('%Y-%m-%d %H:%M:%S')))
+    def stage(name, t0):                                                  # wall time summed over the sessions that ran it
+        rec['seconds'][name] = round(old.get('seconds', {}).get(name, 0) + time.time() - t0, 2)
+        log(f"[customize] {name}: {time.time() - t0:.1f} s")
     # 1. initial LoRA (DreamBooth) — also the DreamBooth baseline and π_ref
     t0 = time.time()
     pipe = load_run_backbone(cfg)                                         # the one backbone of the run

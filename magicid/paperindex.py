@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv, math, re
 from pathlib import Path
 from collections.abc import Mapping, Sequence
-from .core import atomic_write, check_number, load_scale
+from .core import BASELINE_SCALES, SCALES, atomic_write, check_number, load_scale
 
 METRICS = {'face_sim': 'Face Sim', 'dynamic_degree': 'Dyna. Deg.', 'temporal_consistency': 'T. Cons.', 'clip_t': 'CLIP-T',
            'clip_i': 'CLIP-I', 'fvd': 'FVD'}          # Table 1's columns; FVD is the one where lower is better
@@ -22,11 +22,11 @@ TABLE2 = [('none (DreamBooth)', (0.276, 5.690, 25.83)), ('ID pairs', (0.605, 7.3
 TABLE3 = [('R_id', (0.598, 6.332, 24.92)), ('R_id + R_dy', (0.607, 12.33, 25.73)),
           ('R_id + R_dy + R_sem (MagicID)', (0.600, 14.42, 26.28))]
 ABLATION_COLS = ('face_sim', 'dynamic_degree', 'clip_t')
-NOT_AT = {'ConsisID': ('smoke', 'tiny'), 'ID adapter': ('h100', 'paper'), 'Magic-Me': ('paper',)}   # rows a scale cannot have (15_magicid)
+
 
 # %% auto #0
-__all__ = ['METRICS', 'TABLE1', 'TABLE2', 'TABLE3', 'ABLATION_COLS', 'NOT_AT', 'PRODUCERS', 'parse_cell', 'read_rows', 'fmt',
-           'verdict', 'producer', 'index_markdown']
+__all__ = ['METRICS', 'TABLE1', 'TABLE2', 'TABLE3', 'ABLATION_COLS', 'PRODUCERS', 'parse_cell', 'read_rows', 'fmt', 'verdict',
+           'producer', 'index_markdown']
 
 # %% ../nbs/19_paperindex.ipynb #04ea5abb
 _CELL = re.compile(r'^\s*([-+0-9.eEnaif]+)\s*(?:\[\s*([-+0-9.eEnaif]+)\s*,\s*([-+0-9.eEnaif]+)\s*\])?\s*$')
@@ -89,7 +89,7 @@ def _order(values: Mapping[str, float], higher: bool = True) -> str:
 
 # %% ../nbs/19_paperindex.ipynb #d7b945d0
 def _absent(method: str, scale: str) -> str:
-    return 'not at this scale' if scale in NOT_AT.get(method, ()) else 'not in this run'
+    return 'not at this scale' if scale not in BASELINE_SCALES.get(method, (SCALES,))[0] else 'not in this run'
 
 def _table1(folder: Path, scale: str, tol: float) -> list[str]:
     ours = _by_method(read_rows(folder/'magicid_vs_dreambooth.csv'))

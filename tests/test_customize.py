@@ -29,7 +29,8 @@ def _cfg(backbone_dir, **kw):
     return customize.CustomizeConfig.from_scale('smoke', **(base | kw))
 
 def test_customize_writes_a_loadable_lora_and_a_record(backbone_dir, refs_dir, tmp_path):
-    rec = customize.customize(refs_dir, tmp_path/'run', _cfg(backbone_dir, resample_vt=True), progress=False, log=lambda *a: None)
+    cfg = _cfg(backbone_dir, resample_vt=True)
+    rec = customize.customize(refs_dir, tmp_path/'run', cfg, progress=False, log=lambda *a: None)
     out = tmp_path/'run'
     run = json.loads((out/'run.json').read_text())
     assert set(run['seconds']) >= {'initial_lora', 'repository', 'selection', 'hpo', 'output', 'total'}
@@ -42,6 +43,10 @@ def test_customize_writes_a_loadable_lora_and_a_record(backbone_dir, refs_dir, t
     a = fresh(['a sks person nods wearing a red jacket in a forest'], steps=2, seed=5, progress=False)
     b = rec['pipe'](['a sks person nods wearing a red jacket in a forest'], steps=2, seed=5, progress=False)
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1                     # = the trained policy (up to rounding)
+    customize.customize(refs_dir, out, cfg, progress=False, log=lambda *a: None)   # read back: the record keeps the first session's times
+    again = json.loads((out/'run.json').read_text())
+    assert (run['sessions'], again['sessions']) == (1, 2) and again['started'] == run['started']
+    assert all(again['seconds'][k] >= run['seconds'][k] for k in run['seconds']), (run['seconds'], again['seconds'])
 
 @pytest.mark.parametrize('resample_vt', [False, True])
 def test_a_run_killed_during_hpo_resumes_to_the_same_lora(backbone_dir, refs_dir, tmp_path, monkeypatch, resample_vt):
