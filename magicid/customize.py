@@ -349,5 +349,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         rec = customize(refs, a.out, cfg, prompts=prompts, progress=not a.no_progress)
     except (FloatingPointError, ValueError) as e:
         print(f"magicid customize: {type(e).__name__}: {e}", file=sys.stderr); return 1
-    print(f"magicid customize: done in {rec['seconds']['total']:.1f} s; LoRA in {Path(a.out)/'lora'}, samples in {Path(a.out)/'samples'}")
+    print(f"magicid customize: done ({rec['seconds']['total']:.1f} s of work over {rec['sessions']} session(s)); LoRA in {Path(a.out)/'lora'}, samples in {Path(a.out)/'samples'}")
     return 0

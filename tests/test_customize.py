@@ -186,6 +186,7 @@ def test_killed_in_each_stage_and_run_again_gives_the_same_run(backbone_dir, ref
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     r = subprocess.run(_kill_args(backbone_dir, refs_dir, tmp_path/'a'), capture_output=True, text=True, env=env)
     assert r.returncode == 0 and '%|' not in r.stderr and 'resuming' not in r.stdout, r.stderr[-3000:]   # --no-progress: no bar at all
+    assert 'magicid customize: done (' in r.stdout and 'over 1 session(s)' in r.stdout, r.stdout[-500:]
     pairs_a, final_a, lora_a = _result(tmp_path/'a')
     # stage: (the file whose appearance says the stage has saved something, the file that says it has ended, resume lines)
     stages = {'initial': ('initial_lora/state.pt', 'repository', ['initial LoRA: resuming from step']),
